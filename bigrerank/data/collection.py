@@ -1,0 +1,209 @@
+"""Readers for IR collections: corpus, queries, qrels and runs (BEIR, TREC and MS MARCO layouts).
+
+Every reader validates as it goes and raises `InputError` naming the file, line and field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InputError
+
+RUN_FORMATS = ("auto", "trec", "marco", "scores")
+
+
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line without newline) for non-blank lines; strict UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"invalid UTF-8 ({e.reason} at byte {e.start})", number) from None
+            if line.strip():
+                yield number, line
+
+
+def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each JSON line; each line must hold one JSON object."""
+    for number, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"malformed JSON ({e.msg}, column {e.colno})", number) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", number)
+        yield number, obj
+
+
+def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = False) -> str:
+    """obj[field] as a string (ints are accepted for ids), or an InputError naming the field."""
+    if field not in obj:
+        raise InputError(path, "missing", number, field)
+    value = obj[field]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InputError(path, f"expected a string, got {type(value).__name__}", number, field)
+    if not allow_empty and not value.strip():
+        raise InputError(path, "empty", number, field)
+    return value
+
+
+def _split_tsv(path, number: int, line: str, columns: tuple[int, ...]) -> list[str]:
+    parts = line.split("\t")
+    if len(parts) not in columns:
+        expected = " or ".join(map(str, columns))
+        raise InputError(path, f"expected {expected} tab-separated columns, got {len(parts)}", number)
+    return parts
+
+
+def _is_jsonl(path) -> bool:
+    return Path(path).suffix in (".jsonl", ".json")
+
+
+def _put_unique(table: dict, key: str, value, path, number: int, what: str) -> None:
+    if key in table:
+        raise InputError(path, f"duplicate {what} '{key}'", number)
+    table[key] = value
+
+
+def read_corpus(path) -> dict[str, tuple[str, str]]:
+    """Corpus as {doc id: (title, text)}: BEIR `corpus.jsonl` (_id, title, text) or tsv `id<TAB>text[<TAB>title]`."""
+    corpus: dict[str, tuple[str, str]] = {}
+    if _is_jsonl(path):
+        for number, obj in iter_jsonl(path):
+            doc_id = require_str(path, number, obj, "_id")
+            title = require_str(path, number, obj, "title", allow_empty=True) if "title" in obj else ""
+            text = require_str(path, number, obj, "text", allow_empty=True)
+            if not (title.strip() or text.strip()):
+                raise InputError(path, "document has neither title nor text", number, "text")
+            _put_unique(corpus, doc_id, (title, text), path, number, "document id")
+    else:
+        for number, line in iter_lines(path):
+            parts = _split_tsv(path, number, line, (2, 3))
+            title = parts[2] if len(parts) == 3 else ""
+            _put_unique(corpus, parts[0], (title, parts[1]), path, number, "document id")
+    if not corpus:
+        raise InputError(path, "empty corpus")
+    return corpus
+
+
+def read_queries(path) -> dict[str, str]:
+    """Queries as {query id: text}: BEIR `queries.jsonl` (_id, text) or tsv `id<TAB>text`."""
+    queries: dict[str, str] = {}
+    if _is_jsonl(path):
+        for number, obj in iter_jsonl(path):
+            qid = require_str(path, number, obj, "_id")
+            _put_unique(queries, qid, require_str(path, number, obj, "text"), path, number, "query id")
+    else:
+        for number, line in iter_lines(path):
+            qid, text = _split_tsv(path, number, line, (2,))
+            _put_unique(queries, qid, text, path, number, "query id")
+    if not queries:
+        raise InputError(path, "no queries")
+    return queries
+
+
+def _parse_int(path, number: int, value: str, field: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(path, f"expected an integer, got '{value}'", number, field) from None
+
+
+def _parse_float(path, number: int, value: str, field: str) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise InputError(path, f"expected a number, got '{value}'", number, field) from None
+    if score != score or score in (float("inf"), float("-inf")):
+        raise InputError(path, f"non-finite value '{value}'", number, field)
+    return score
+
+
+def read_qrels(path) -> dict[str, dict[str, int]]:
+    """Relevance judgments {qid: {doc id: grade}}: TREC (`qid 0 docid grade`) or BEIR tsv with header."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in iter_lines(path):
+        parts = line.split()
+        if number == 1 and parts and not parts[-1].lstrip("-").isdigit():
+            continue  # BEIR header: query-id corpus-id score
+        if len(parts) == 4:
+            qid, _, doc_id, grade = parts
+        elif len(parts) == 3:
+            qid, doc_id, grade = parts
+        else:
+            raise InputError(path, f"expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}", number)
+        judged = qrels.setdefault(qid, {})
+        if doc_id in judged:
+            raise InputError(path, f"duplicate judgment for query '{qid}', document '{doc_id}'", number)
+        judged[doc_id] = _parse_int(path, number, grade, "relevance")
+    if not qrels:
+        raise InputError(path, "no judgments")
+    return qrels
+
+
+def _detect_run_format(path) -> str:
+    for number, line in iter_lines(path):
+        columns = len(line.split())
+        if columns == 6:
+            return "trec"
+        if columns == 3:
+            return "marco" if _looks_ranked(path) else "scores"
+        raise InputError(path, f"expected 6 (TREC) or 3 (MS MARCO / score) columns, got {columns}", number)
+    raise InputError(path, "empty run")
+
+
+def _looks_ranked(path) -> bool:
+    """True when the third column counts 1, 2, 3 … within every query (an MS MARCO run)."""
+    expected: dict[str, int] = {}
+    for _, line in iter_lines(path):
+        qid, _, third = line.split()[:3]
+        if not third.isdigit() or int(third) != expected.get(qid, 0) + 1:
+            return False
+        expected[qid] = int(third)
+    return True
+
+
+def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
+    """A ranked run {qid: [(doc id, score), …] best first} from TREC, MS MARCO or `qid pid score` files.
+
+    MS MARCO runs carry ranks only; their score is minus the rank so that higher is better.
+    """
+    if fmt not in RUN_FORMATS:
+        raise ValueError(f"run format must be one of {RUN_FORMATS}, got '{fmt}'")
+    if fmt == "auto":
+        fmt = _detect_run_format(path)
+    rows: dict[str, list[tuple[str, float, float]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for number, line in iter_lines(path):
+        parts = line.split()
+        if fmt == "trec":
+            if len(parts) != 6:
+                raise InputError(path, f"expected 6 TREC columns (qid Q0 docid rank score name), got {len(parts)}", number)
+            qid, doc_id = parts[0], parts[2]
+            rank = _parse_int(path, number, parts[3], "rank")
+            score = _parse_float(path, number, parts[4], "score")
+        else:
+            if len(parts) != 3:
+                raise InputError(path, f"expected 3 columns (qid docid {'rank' if fmt == 'marco' else 'score'}), got {len(parts)}", number)
+            qid, doc_id = parts[0], parts[1]
+            if fmt == "marco":
+                rank = _parse_int(path, number, parts[2], "rank")
+                score = -float(rank)
+            else:
+                score = _parse_float(path, number, parts[2], "score")
+                rank = 0
+        if (qid, doc_id) in seen:
+            raise InputError(path, f"duplicate row for query '{qid}', document '{doc_id}'", number)
+        seen.add((qid, doc_id))
+        rows.setdefault(qid, []).append((doc_id, score, rank))
+    if not rows:
+        raise InputError(path, "empty run")
+    order = (lambda r: (-r[1], r[0])) if fmt == "scores" else (lambda r: (r[2], -r[1], r[0]))
+    return {qid: [(d, s) for d, s, _ in sorted(docs, key=order)] for qid, docs in rows.items()}

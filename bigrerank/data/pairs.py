@@ -1,0 +1,104 @@
+"""(query, passage) pair encoding with the tokenizer's own pair template, and dynamic padding.
+
+transformers 5 tokenizers no longer build special-token templates from ids, so the template is
+read off the tokenizer once by encoding a probe pair and locating the two segments in it: the
+special tokens before, between and after them and the token type of every position. That covers
+BERT's `[CLS] q [SEP] p [SEP]`, RoBERTa's `<s> q </s></s> p </s>` and any other backbone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_PROBE_QUERY, _PROBE_PASSAGE = "query", "passage"
+
+
+def _find(haystack: list[int], needle: list[int], start: int = 0) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if haystack[i:i + len(needle)] == needle:
+            return i
+    raise ValueError("probe segment not found in the tokenizer's pair encoding")
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Special-token ids and token types around the query (A) and passage (B) segments."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    query_type: int
+    passage_type: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "PairTemplate":
+        q = tokenizer(_PROBE_QUERY, add_special_tokens=False)["input_ids"]
+        p = tokenizer(_PROBE_PASSAGE, add_special_tokens=False)["input_ids"]
+        enc = tokenizer(_PROBE_QUERY, _PROBE_PASSAGE, return_token_type_ids=True)
+        ids, types = enc["input_ids"], enc.get("token_type_ids") or [0] * len(enc["input_ids"])
+        qi = _find(ids, q)
+        pi = _find(ids, p, qi + len(q))
+        pe = pi + len(p)
+        return cls(tuple(ids[:qi]), tuple(ids[qi + len(q):pi]), tuple(ids[pe:]),
+                   tuple(types[:qi]), tuple(types[qi + len(q):pi]), tuple(types[pe:]),
+                   types[qi], types[pi])
+
+    @property
+    def num_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def build(self, query: list[int], passage: list[int], max_len: int) -> tuple[list[int], list[int]]:
+        """input_ids and token_type_ids of one pair, cut to `max_len` from the passage side first.
+
+        The query is only cut when it alone would take more than half of the room left.
+        """
+        room = max_len - self.num_special
+        if room < 2:
+            raise ValueError(f"max_len {max_len} leaves no room for a pair after {self.num_special} special tokens")
+        keep_query = min(len(query), max(room - len(passage), room // 2))
+        query, passage = query[:keep_query], passage[:room - keep_query]
+        ids = [*self.prefix, *query, *self.middle, *passage, *self.suffix]
+        types = [*self.prefix_types, *([self.query_type] * len(query)), *self.middle_types,
+                 *([self.passage_type] * len(passage)), *self.suffix_types]
+        return ids, types
+
+
+class PairEncoder:
+    """Turns (query, passage) pairs — text or token ids without special tokens — into padded batches."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.template = PairTemplate.from_tokenizer(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.use_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens, cut to max_len (nothing longer can be used)."""
+        out = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_len)
+        return out["input_ids"]
+
+    def encode_ids(self, query: list[int], passage: list[int]) -> tuple[list[int], list[int]]:
+        return self.template.build(query, passage, self.max_len)
+
+    def encode_texts(self, queries: list[str], passages: list[str]) -> list[tuple[list[int], list[int]]]:
+        q_ids, p_ids = self.token_ids(queries), self.token_ids(passages)
+        return [self.encode_ids(q, p) for q, p in zip(q_ids, p_ids)]
+
+    def collate(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest pair in the batch; returns input_ids, attention_mask (and token_type_ids)."""
+        width = max(len(ids) for ids, _ in pairs)
+        input_ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
+        token_types = torch.zeros((len(pairs), width), dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (ids, types) in enumerate(pairs):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            token_types[row, :len(ids)] = torch.tensor(types)
+            mask[row, :len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if self.use_token_types:
+            batch["token_type_ids"] = token_types
+        return batch

@@ -1,0 +1,12 @@
+"""One error type for bad user input, located by file, line and field."""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input a user can fix: names the file, the 1-based line and the field when known."""
+
+    def __init__(self, path, message: str, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field, self.reason = str(path), line, field, message
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}: {what}{message}")

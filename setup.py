@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="bigrerank",
+    version="0.1.0",
+    description="Train and serve cross-encoder rerankers at large-model scale on DeepSpeed",
+    packages=find_packages(include=["bigrerank", "bigrerank.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "deepspeed>=0.19.2",
+        "transformers>=4.56",
+        "datasets>=3.0",
+        "pyarrow>=15",
+        "wandb>=0.17",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "ir-measures>=0.3.7",
+        "pytrec-eval-terrier>=0.5.6",
+        "bm25s>=0.2.6",
+        "PyStemmer>=2.2",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},
+)
