@@ -19,6 +19,7 @@ setup(
         "pytrec-eval-terrier>=0.5.6",
         "bm25s>=0.2.6",
         "PyStemmer>=2.2",
+        "accelerate>=1.1",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},

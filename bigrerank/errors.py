@@ -10,3 +10,6 @@ class InputError(ValueError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
+
+    def __reduce__(self):  # picklable, so rank 0 can hand it to the other ranks
+        return (InputError, (self.path, self.reason, self.line, self.field))

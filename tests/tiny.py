@@ -21,18 +21,49 @@ def tiny_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=tiny_vocab(), do_lower_case=True)
 
 
-def tiny_config(vocab_size: int, dropout: float = 0.0) -> BertConfig:
+def tiny_config(vocab_size: int, dropout: float = 0.0, init_range: float = 0.02) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=128, num_labels=1,
+                      intermediate_size=64, max_position_embeddings=128, num_labels=1, initializer_range=init_range,
                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
 
 
-def tiny_model_dir(directory, dropout: float = 0.0, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny BERT reranker and its tokenizer as a Hugging Face directory."""
+def tiny_model_dir(directory, dropout: float = 0.0, seed: int = 0, init_range: float = 0.02) -> Path:
+    """Save a randomly initialised tiny BERT reranker and its tokenizer as a Hugging Face directory.
+
+    A larger `init_range` spreads the scores, so gradients are not a near-cancelling sum (better
+    conditioned for exactness tests)."""
     directory = Path(directory)
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(tiny_config(len(tokenizer), dropout))
+    model = BertForSequenceClassification(tiny_config(len(tokenizer), dropout, init_range))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_ids_of=None) -> Path:
+    """A learnable grouped training file: each positive repeats its query's words, negatives are random.
+
+    Text by default; with `as_ids_of=tokenizer`, the same text as token ids without special tokens.
+    """
+    import json
+    import random
+
+    rng = random.Random(seed)
+    vocab = [w for w in WORDS] + [f"{a}{b}" for a in "abcdefgh" for b in "xyz"]
+
+    def words(n):
+        return " ".join(rng.choice(vocab) for _ in range(n))
+
+    def body(text):
+        return as_ids_of(text, add_special_tokens=False)["input_ids"] if as_ids_of else text
+
+    path = Path(path)
+    with open(path, "w") as f:
+        for q in range(queries):
+            query = words(3)
+            record = {"qry": {"qid": f"q{q}", "query": body(query)},
+                      "pos": [{"pid": f"p{q}", "passage": body(f"{query} {words(4)}")}],
+                      "neg": [{"pid": f"n{q}-{i}", "passage": body(words(7))} for i in range(negatives)]}
+            f.write(json.dumps(record) + "\n")
+    return path

@@ -1,0 +1,79 @@
+"""Process-group set-up and tear-down for every launcher: deepspeed, torchrun, slurm, or none."""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_single_process_env() -> None:
+    """A process started without a launcher becomes rank 0 of 1, so DeepSpeed does not look for MPI."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def init(timeout_s: float = 1800) -> None:
+    """Start the process group once (gloo on CPU, nccl on GPU) with a bounded collective timeout."""
+    import deepspeed
+
+    ensure_single_process_env()
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=timedelta(seconds=timeout_s))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def main_first(fn):
+    """Run `fn` on rank 0, then on the other ranks (to fill a cache once); rank 0's error is raised on all."""
+    error, result = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, on every rank
+            error = e
+    if world_size() > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise error
+    return result if is_main() else fn()
+
+
+def teardown(wait_for_others: bool = True) -> None:
+    """Destroy the process group explicitly; leaving it to interpreter exit can abort a rank."""
+    if dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
+        dist.destroy_process_group()

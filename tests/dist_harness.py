@@ -1,0 +1,76 @@
+"""Run training jobs inside W spawned ranks (gloo on CPU) that share one process group.
+
+Each rank runs the same list of jobs (training argv lists) in order, in-process, so one DeepSpeed start
+serves many configurations. A failure on any rank is raised in the test with its traceback.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+
+from bigrerank.training.distributed import free_port
+
+
+def _full_gradients(engine) -> dict:
+    from deepspeed.utils import safe_get_full_grad
+
+    return {name: safe_get_full_grad(p).detach().clone() for name, p in engine.module.named_parameters()}
+
+
+def _gradient_recorder(directory: str):
+    """An on_reduced hook saving every step's full reduced gradients (rank 0) to directory/step-N.pt."""
+    import torch
+
+    from bigrerank.training import distributed
+
+    counter = {"step": 0}
+
+    def record(engine):
+        grads = _full_gradients(engine)  # collective under ZeRO-3: every rank calls it
+        counter["step"] += 1
+        if distributed.is_main():
+            os.makedirs(directory, exist_ok=True)
+            torch.save(grads, os.path.join(directory, f"step-{counter['step']}.pt"))
+
+    return record
+
+
+def _rank_main(rank: int, world: int, port: int, jobs: list, errors):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    import torch
+
+    torch.set_num_threads(1)
+    from bigrerank.arguments import parse
+    from bigrerank.training import distributed, trainer
+
+    try:
+        for job in jobs:
+            argv, grads_dir = job if isinstance(job, tuple) else (job, None)
+            trainer.train(*parse(argv), on_reduced=_gradient_recorder(grads_dir) if grads_dir else None)
+        distributed.teardown()
+    except BaseException:
+        errors.put(f"rank {rank}: {traceback.format_exc()}")
+        distributed.teardown(wait_for_others=False)
+
+
+def run_jobs(world: int, jobs: list, timeout: float = 900) -> None:
+    """jobs: training argv lists, or (argv, gradients_dir) to record each step's reduced gradients."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, jobs, errors)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    assert not alive, f"ranks still running after {timeout}s"
+    assert not messages, "\n".join(messages)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
