@@ -1,7 +1,7 @@
-"""Run training jobs inside W spawned ranks (gloo on CPU) that share one process group.
+"""Run code inside W spawned ranks (gloo on CPU) that share one process group.
 
-Each rank runs the same list of jobs (training argv lists) in order, in-process, so one DeepSpeed start
-serves many configurations. A failure on any rank is raised in the test with its traceback.
+`run_jobs` runs the same list of training jobs on every rank, in order and in-process, so one DeepSpeed
+start serves many configurations. A failure on any rank is raised in the test with its traceback.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def _full_gradients(engine) -> dict:
     return {name: safe_get_full_grad(p).detach().clone() for name, p in engine.module.named_parameters()}
 
 
-def _gradient_recorder(directory: str):
-    """An on_reduced hook saving every step's full reduced gradients (rank 0) to directory/step-N.pt."""
+def gradient_recorder(directory: str, extra=None):
+    """An on_reduced hook saving each step's full reduced gradients (rank 0) to directory/step-N.pt."""
     import torch
 
     from bigrerank.training import distributed
@@ -31,36 +31,34 @@ def _gradient_recorder(directory: str):
         counter["step"] += 1
         if distributed.is_main():
             os.makedirs(directory, exist_ok=True)
-            torch.save(grads, os.path.join(directory, f"step-{counter['step']}.pt"))
+            torch.save({"grads": grads, **(extra() if extra else {})},
+                       os.path.join(directory, f"step-{counter['step']}.pt"))
 
     return record
 
 
-def _rank_main(rank: int, world: int, port: int, jobs: list, errors):
+def _rank_main(rank: int, world: int, port: int, fn, args, errors):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
 
     torch.set_num_threads(1)
-    from bigrerank.arguments import parse
-    from bigrerank.training import distributed, trainer
+    from bigrerank.training import distributed
 
     try:
-        for job in jobs:
-            argv, grads_dir = job if isinstance(job, tuple) else (job, None)
-            trainer.train(*parse(argv), on_reduced=_gradient_recorder(grads_dir) if grads_dir else None)
+        fn(*args)
         distributed.teardown()
     except BaseException:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
         distributed.teardown(wait_for_others=False)
 
 
-def run_jobs(world: int, jobs: list, timeout: float = 900) -> None:
-    """jobs: training argv lists, or (argv, gradients_dir) to record each step's reduced gradients."""
+def run_ranks(world: int, fn, *args, timeout: float = 900) -> None:
+    """Call fn(*args) on each of `world` spawned ranks (fn must be importable); raise any rank's error."""
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, jobs, errors)) for r in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, args, errors)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -74,3 +72,17 @@ def run_jobs(world: int, jobs: list, timeout: float = 900) -> None:
     assert not alive, f"ranks still running after {timeout}s"
     assert not messages, "\n".join(messages)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def train_jobs(jobs: list) -> None:
+    from bigrerank.arguments import parse
+    from bigrerank.training import trainer
+
+    for job in jobs:
+        argv, grads_dir = job if isinstance(job, tuple) else (job, None)
+        trainer.train(*parse(argv), on_reduced=gradient_recorder(grads_dir) if grads_dir else None)
+
+
+def run_jobs(world: int, jobs: list, timeout: float = 900) -> None:
+    """jobs: training argv lists, or (argv, gradients_dir) to record each step's reduced gradients."""
+    run_ranks(world, train_jobs, jobs, timeout=timeout)

@@ -42,7 +42,8 @@ def tiny_model_dir(directory, dropout: float = 0.0, seed: int = 0, init_range: f
 
 
 def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_ids_of=None) -> Path:
-    """A learnable grouped training file: each positive repeats its query's words, negatives are random.
+    """A learnable grouped training file: each positive repeats its query's words and says "new york";
+    negatives are random words without those two.
 
     Text by default; with `as_ids_of=tokenizer`, the same text as token ids without special tokens.
     """
@@ -50,7 +51,7 @@ def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_
     import random
 
     rng = random.Random(seed)
-    vocab = [w for w in WORDS] + [f"{a}{b}" for a in "abcdefgh" for b in "xyz"]
+    vocab = [w for w in WORDS if w not in ("new", "york")] + [f"{a}{b}" for a in "abcdefgh" for b in "xyz"]
 
     def words(n):
         return " ".join(rng.choice(vocab) for _ in range(n))
@@ -63,7 +64,7 @@ def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_
         for q in range(queries):
             query = words(3)
             record = {"qry": {"qid": f"q{q}", "query": body(query)},
-                      "pos": [{"pid": f"p{q}", "passage": body(f"{query} {words(4)}")}],
+                      "pos": [{"pid": f"p{q}", "passage": body(f"{query} new york {words(2)}")}],
                       "neg": [{"pid": f"n{q}-{i}", "passage": body(words(7))} for i in range(negatives)]}
             f.write(json.dumps(record) + "\n")
     return path

@@ -139,6 +139,11 @@ def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_
     return dataset
 
 
+def is_text(dataset: Dataset) -> bool:
+    """True when the dataset holds text (tokenized at batch time), False for token ids."""
+    return isinstance(dataset.features["query"], Value)
+
+
 class GroupSampler:
     """Deterministic query order per epoch and group draws per (seed, epoch, query index)."""
 

@@ -29,6 +29,9 @@ def load(path) -> dict:
     return config
 
 
+BUCKET_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+
+
 def warmup_steps(args, total_steps: int) -> int:
     """--warmup_steps, else --warmup_ratio of the total; at least 1 (DeepSpeed's schedulers require it)."""
     return max(1, args.warmup_steps if args.warmup_steps > 0 else math.ceil(args.warmup_ratio * total_steps))
@@ -98,6 +101,9 @@ def resolve(config: dict, args, world_size: int, total_steps: int, hidden_size: 
         elif keys[0] != "zero_optimization" and not _same(node[key], wanted):  # bucket sizes are free
             raise InputError(path, f"is {json.dumps(node[key])} but {argument} gives {json.dumps(wanted)}; "
                              "set it to \"auto\" or make them agree", field=".".join(keys))
+    zero = config.get("zero_optimization", {})
+    for key in [k for k, v in zero.items() if v == "auto" and k in BUCKET_KEYS]:
+        del zero[key]  # no hidden size known: DeepSpeed's defaults
     leftover = _find_auto(config)
     if leftover:
         raise InputError(path, "\"auto\" is not supported here (no command-line value fills it)", field=leftover)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .. import losses
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
-from ..data.grouped import GroupSampler, load_groups
+from ..data.grouped import GroupSampler, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..errors import InputError
 from ..model import load_reranker, load_tokenizer
@@ -146,7 +146,7 @@ def train(model_args, data_args, args, on_reduced=None) -> Path:
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
         lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size))
-    text = dataset.features["query"].dtype == "string"
+    text = is_text(dataset)
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
     torch.manual_seed(args.seed)  # the same new head on every rank

@@ -1,0 +1,203 @@
+"""`bigrerank prepare train|rerank`: turn a first-stage run into grouped training data or rerank input.
+
+train:  one JSON line per query `{"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [...]}` —
+        positives from the qrels (grade >= --min_relevance), negatives from the run's top --depth minus
+        every judged-relevant document (grade >= 1), best-ranked first.
+rerank: one JSON line per candidate `{"qid", "pid", "qry", "psg"}` plus `qid<TAB>pid` lines in
+        `<out>.ids.tsv` beside it, in the same order.
+
+Texts are written as they are, or with --tokenizer as token ids without special tokens, cut to
+--max_len; tokenization runs in parallel with `datasets.Dataset.map(num_proc=...)`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..atomic import atomic_file
+from ..errors import InputError
+from ..inference.candidates import passage_text
+from .collection import iter_lines, read_corpus, read_qrels, read_queries, read_run
+
+SUBCOMMANDS = ("train", "rerank")
+
+
+def _locate(path, qid: str, doc_id: str) -> int | None:
+    """Line number of the first row of `path` that names query `qid` and document `doc_id`."""
+    for number, line in iter_lines(path):
+        parts = line.split()
+        if parts and parts[0] == qid and doc_id in parts[1:]:
+            return number
+    return None
+
+
+def check_documents_known(path, table: dict[str, dict | list], corpus: dict, corpus_path) -> None:
+    """InputError at the first (query, document) row of a qrels or run whose document is not in the corpus."""
+    for qid, docs in table.items():
+        for doc_id in (docs if isinstance(docs, dict) else (d for d, _ in docs)):
+            if doc_id not in corpus:
+                raise InputError(path, f"unknown document id '{doc_id}' (not in {corpus_path})",
+                                 _locate(path, qid, doc_id), "corpus-id")
+
+
+def report_skipped(skipped: Counter, what: str) -> None:
+    for reason, count in sorted(skipped.items()):
+        print(f"skipped {count} {what}: {reason}")
+
+
+@dataclass
+class Tokenization:
+    tokenizer: str | None = field(default=None, metadata={"help": "write token ids of this tokenizer (name or "
+                                                               "directory) instead of text"})
+    max_len: int = field(default=512, metadata={"help": "with --tokenizer: keep at most this many tokens per text"})
+    num_proc: int = field(default=1, metadata={"help": "with --tokenizer: tokenizer processes"})
+
+
+def tokenize_texts(texts: list[str], options: Tokenization) -> list[list[int]]:
+    """Token ids (no special tokens, cut to max_len) of each text, in parallel with datasets.map."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from .pairs import PairEncoder
+
+    encoder = PairEncoder(AutoTokenizer.from_pretrained(options.tokenizer), options.max_len)
+    table = Dataset.from_dict({"text": texts}).map(
+        lambda batch: {"ids": encoder.token_ids(batch["text"])}, batched=True, batch_size=1000,
+        num_proc=options.num_proc if options.num_proc > 1 else None, remove_columns=["text"], desc="tokenizing")
+    return table["ids"]
+
+
+def text_table(texts: dict[str, str], options: Tokenization) -> dict[str, str | list[int]]:
+    """{id: text} as it goes into the output: the text itself, or its token ids with --tokenizer."""
+    if not options.tokenizer:
+        return texts
+    keys = list(texts)
+    return dict(zip(keys, tokenize_texts([texts[k] for k in keys], options)))
+
+
+@dataclass
+class TrainArguments:
+    corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
+    queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
+    qrels: str = field(metadata={"help": "relevance judgments: TREC or BEIR tsv"})
+    run: str = field(metadata={"help": "first-stage run the negatives come from (TREC, MS MARCO)"})
+    out: str = field(metadata={"help": "output grouped training data (.jsonl)"})
+    depth: int = field(default=100, metadata={"help": "negatives come from the run's top `depth` documents"})
+    negatives: int = field(default=30, metadata={"help": "at most this many negatives per query"})
+    min_relevance: int = field(default=1, metadata={"help": "lowest qrels grade that counts as a positive"})
+
+
+@dataclass
+class RerankArguments:
+    run: str = field(metadata={"help": "first-stage run to rerank (TREC, MS MARCO)"})
+    queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
+    corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
+    out: str = field(metadata={"help": "output pairs (.jsonl); `<out>.ids.tsv` is written beside it"})
+    depth: int = field(default=100, metadata={"help": "rerank the run's top `depth` documents per query"})
+
+
+def bad_option(args, tokenization: Tokenization) -> str | None:
+    """The first count option below 1, as a message, or None."""
+    for owner, name in ((args, "depth"), (args, "negatives"), (tokenization, "max_len"), (tokenization, "num_proc")):
+        if getattr(owner, name, 1) < 1:
+            return f"--{name} must be at least 1, got {getattr(owner, name)}"
+    return None
+
+
+def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]],
+                    depth: int, negatives: int, min_relevance: int) -> tuple[list[tuple[str, list[str], list[str]]], Counter]:
+    """(qid, positive ids, negative ids) per usable query, and a count of skipped queries by reason."""
+    skipped: Counter = Counter()
+    groups = []
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            skipped["judged queries absent from the queries file"] += 1
+            continue
+        positives = [d for d, grade in judged.items() if grade >= min_relevance]
+        ranked = [d for d, _ in run.get(qid, [])[:depth]]
+        chosen = [d for d in ranked if judged.get(d, 0) < 1][:negatives]
+        if not positives:
+            skipped[f"queries with no judgment of grade >= {min_relevance}"] += 1
+        elif not chosen:
+            skipped[f"queries with no unjudged-relevant document in the run's top {depth}"] += 1
+        else:
+            groups.append((qid, positives, chosen))
+    unjudged = sum(1 for qid in run if qid not in qrels)
+    if unjudged:
+        skipped["run queries without judgments"] += unjudged
+    return groups, skipped
+
+
+def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
+    corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
+    qrels, run = read_qrels(args.qrels), read_run(args.run)
+    check_documents_known(args.qrels, qrels, corpus, args.corpus)
+    check_documents_known(args.run, run, corpus, args.corpus)
+    groups, skipped = training_groups(queries, qrels, run, args.depth, args.negatives, args.min_relevance)
+    report_skipped(skipped, "queries")
+    if not groups:
+        raise InputError(args.qrels, "no query has both a positive and a negative: nothing to train on")
+    used_docs = {d for _, pos, neg in groups for d in (*pos, *neg)}
+    q_out = text_table({qid: queries[qid] for qid, _, _ in groups}, tokenization)
+    p_out = text_table({d: passage_text(*corpus[d]) for d in sorted(used_docs)}, tokenization)
+    with atomic_file(args.out, "w", encoding="utf-8") as f:
+        for qid, positives, chosen in groups:
+            f.write(json.dumps({"qry": {"qid": qid, "query": q_out[qid]},
+                                "pos": [{"pid": d, "passage": p_out[d]} for d in positives],
+                                "neg": [{"pid": d, "passage": p_out[d]} for d in chosen]}) + "\n")
+    mean_neg = sum(len(n) for _, _, n in groups) / len(groups)
+    print(f"wrote {len(groups)} training groups ({mean_neg:.1f} negatives on average) -> {args.out}")
+    return 0
+
+
+def ids_path(out) -> Path:
+    """`pairs.jsonl` -> `pairs.ids.tsv`: the qid<TAB>pid file written beside rerank input."""
+    return Path(out).with_suffix(".ids.tsv")
+
+
+def prepare_rerank(args: RerankArguments, tokenization: Tokenization) -> int:
+    corpus, queries, run = read_corpus(args.corpus), read_queries(args.queries), read_run(args.run)
+    check_documents_known(args.run, run, corpus, args.corpus)
+    skipped: Counter = Counter()
+    pairs = []
+    for qid, ranked in run.items():
+        if qid not in queries:
+            skipped["run queries absent from the queries file"] += 1
+            continue
+        pairs.extend((qid, d) for d, _ in ranked[:args.depth])
+    report_skipped(skipped, "queries")
+    if not pairs:
+        raise InputError(args.run, f"no query of the run is in {args.queries}: nothing to rerank")
+    q_out = text_table({q: queries[q] for q in dict.fromkeys(q for q, _ in pairs)}, tokenization)
+    p_out = text_table({d: passage_text(*corpus[d]) for d in sorted({d for _, d in pairs})}, tokenization)
+    with atomic_file(args.out, "w", encoding="utf-8") as f, atomic_file(ids_path(args.out), "w", encoding="utf-8") as ids:
+        for qid, doc_id in pairs:
+            f.write(json.dumps({"qid": qid, "pid": doc_id, "qry": q_out[qid], "psg": p_out[doc_id]}) + "\n")
+            ids.write(f"{qid}\t{doc_id}\n")
+    print(f"wrote {len(pairs)} pairs for {len(q_out)} queries -> {args.out} (+ {ids_path(args.out)})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: bigrerank prepare {{{'|'.join(SUBCOMMANDS)}}} [options]  (--help after the subcommand for its options)",
+              file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    arguments, prepare = (TrainArguments, prepare_train) if command == "train" else (RerankArguments, prepare_rerank)
+    args, tokenization = HfArgumentParser((arguments, Tokenization), prog=f"bigrerank prepare {command}").parse_args_into_dataclasses(args=rest)
+    problem = bad_option(args, tokenization)
+    if problem:
+        print(f"bigrerank prepare {command}: error: {problem}", file=sys.stderr)
+        return 2
+    return prepare(args, tokenization)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

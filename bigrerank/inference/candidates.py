@@ -1,0 +1,150 @@
+"""The two rerank input forms, read into one list of candidate pairs, and their encoding.
+
+(a) pairs: JSON lines `{"qid", "pid", "qry", "psg"}` (the original Reranker's inference format), `qry`/`psg`
+    either token ids without special tokens or text, optionally with its `qid<TAB>pid` ids file;
+(b) a first-stage run (TREC, MS MARCO or score tsv) plus queries and corpus (BEIR jsonl or tsv): each query's
+    top `depth` documents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data.collection import iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str
+from ..errors import InputError
+
+Content = str | list[int]  # text, or token ids without special tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One (query, passage) pair to score."""
+
+    qid: str
+    pid: str
+    query: Content
+    passage: Content
+
+
+def passage_text(title: str, text: str) -> str:
+    """The passage a reranker reads: `title + " " + text` when the document has a title, else the text."""
+    return f"{title} {text}" if title.strip() else text
+
+
+def group_by_query(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates grouped by query (queries in first-appearance order), input order kept within a query."""
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        groups.setdefault(candidate.qid, []).append(candidate)
+    return [c for group in groups.values() for c in group]
+
+
+def _content(path, number: int, obj: dict, field: str, vocab_size: int) -> Content:
+    """obj[field] as text or as a list of in-vocabulary token ids."""
+    value = obj.get(field)
+    if isinstance(value, list):
+        if not value:
+            raise InputError(path, "empty token id list", number, field)
+        for token in value:
+            if not isinstance(token, int) or isinstance(token, bool):
+                raise InputError(path, f"token ids must be integers, got {token!r}", number, field)
+            if not 0 <= token < vocab_size:
+                raise InputError(path, f"token id {token} outside the tokenizer's vocabulary [0, {vocab_size})",
+                                 number, field)
+        return value
+    return require_str(path, number, obj, field)
+
+
+def _read_ids_file(path) -> list[tuple[int, str, str]]:
+    rows = []
+    for number, line in iter_lines(path):
+        parts = line.split("\t")
+        if len(parts) != 2 or len(line.split()) != 2:
+            raise InputError(path, f"expected 'qid<TAB>pid' (2 columns, no spaces in ids), got {line!r}", number)
+        rows.append((number, parts[0].strip(), parts[1].strip()))
+    if not rows:
+        raise InputError(path, "empty ids file")
+    return rows
+
+
+def _plain_id(path, number: int, obj: dict, field: str) -> str:
+    """An id fit for the tab-separated score file: a non-empty string without whitespace."""
+    value = require_str(path, number, obj, field)
+    if value != "".join(value.split()):
+        raise InputError(path, f"ids must not contain whitespace, got {value!r}", number, field)
+    return value
+
+
+def _pair_ids(path, number: int, obj: dict, ids_row, ids_path) -> tuple[str, str]:
+    """(qid, pid) of a JSON line, taken from the line and/or its ids-file row, which must agree."""
+    if ids_row is None:
+        hint = " (or give the ids file with --ids)"
+        for field in ("qid", "pid"):
+            if field not in obj:
+                raise InputError(path, "missing" + hint, number, field)
+        return _plain_id(path, number, obj, "qid"), _plain_id(path, number, obj, "pid")
+    ids_number, qid, pid = ids_row
+    for field, expected in (("qid", qid), ("pid", pid)):
+        if field in obj and _plain_id(path, number, obj, field) != expected:
+            raise InputError(ids_path, f"row ({qid}, {pid}) disagrees with {path}:{number} "
+                                       f"({obj.get('qid')}, {obj.get('pid')})", ids_number)
+    return qid, pid
+
+
+def read_pair_candidates(path, vocab_size: int, ids_path=None) -> list[Candidate]:
+    """Form (a): JSON lines `{"qid", "pid", "qry", "psg"}`; with `ids_path`, its rows must match line for line."""
+    ids_rows = _read_ids_file(ids_path) if ids_path is not None else None
+    candidates, seen, index = [], {}, 0
+    for number, obj in iter_jsonl(path):
+        if ids_rows is not None and index >= len(ids_rows):
+            raise InputError(path, f"no matching row in ids file {ids_path} (it has {len(ids_rows)} rows)", number)
+        qid, pid = _pair_ids(path, number, obj, ids_rows[index] if ids_rows else None, ids_path)
+        if (qid, pid) in seen:
+            raise InputError(path, f"duplicate pair (qid '{qid}', pid '{pid}'), first on line {seen[qid, pid]}", number)
+        seen[qid, pid] = number
+        candidates.append(Candidate(qid, pid, _content(path, number, obj, "qry", vocab_size),
+                                    _content(path, number, obj, "psg", vocab_size)))
+        index += 1
+    if not candidates:
+        raise InputError(path, "no pairs")
+    if ids_rows is not None and index < len(ids_rows):
+        raise InputError(ids_path, f"no matching JSON line in {path} (it has {index} pairs)", ids_rows[index][0])
+    return group_by_query(candidates)
+
+
+def _run_line(path, qid: str, pid: str | None = None) -> int | None:
+    """Line number of the first run row for `qid` (and `pid`), to locate an error found after parsing."""
+    for number, line in iter_lines(path):
+        parts = line.split()
+        doc = parts[2] if len(parts) == 6 else parts[1] if len(parts) > 1 else None
+        if parts[0] == qid and (pid is None or doc == pid):
+            return number
+    return None
+
+
+def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None = None) -> list[Candidate]:
+    """Form (b): each run query's top `depth` documents (all when None), texts from the queries and corpus files."""
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    run, queries, corpus = read_run(run_path), read_queries(queries_path), read_corpus(corpus_path)
+    candidates = []
+    for qid, ranked in run.items():
+        if qid not in queries:
+            raise InputError(run_path, f"query id '{qid}' is not in {queries_path}", _run_line(run_path, qid))
+        for pid, _ in ranked[:depth]:
+            if pid not in corpus:
+                raise InputError(run_path, f"document id '{pid}' is not in {corpus_path}",
+                                 _run_line(run_path, qid, pid))
+            candidates.append(Candidate(qid, pid, queries[qid], passage_text(*corpus[pid])))
+    return candidates
+
+
+def encode_candidates(encoder, candidates: list[Candidate]) -> list[tuple[list[int], list[int]]]:
+    """Model inputs (input_ids, token_type_ids) of each candidate; every distinct text is tokenized once."""
+    texts = list({c: None for cand in candidates for c in (cand.query, cand.passage) if isinstance(c, str)})
+    token_ids = dict(zip(texts, encoder.token_ids(texts))) if texts else {}
+
+    def ids(content: Content) -> list[int]:
+        return token_ids[content] if isinstance(content, str) else content
+
+    return [encoder.encode_ids(ids(c.query), ids(c.passage)) for c in candidates]
+

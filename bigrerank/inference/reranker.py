@@ -1,0 +1,158 @@
+"""`RerankerForInference`: score (query, passage) pairs with a trained cross-encoder.
+
+The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` returning the model output),
+plus `score`/`rerank` conveniences and a fast scoring loop: length-sorted batches with dynamic padding,
+`torch.inference_mode` and optional half precision.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
+
+from ..data.pairs import PairEncoder
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_MAX_LEN = 512
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype scoring runs in; fp16 is refused on CPU, where it is slow and poorly supported."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 needs a CUDA device; on CPU use bf16")
+    return PRECISIONS[precision]
+
+
+def default_max_len(config, tokenizer) -> int:
+    """The longest pair the model can read: the smallest of 512, its position table and the tokenizer's limit."""
+    limits = [DEFAULT_MAX_LEN, getattr(config, "max_position_embeddings", DEFAULT_MAX_LEN), tokenizer.model_max_length]
+    return int(min(limits))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length, longest first (an out-of-memory shows up at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _broadcast(queries: str | Sequence[str], passages: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """Equal-length query and passage lists; a single query is paired with every passage."""
+    queries, passages = _as_list(queries), _as_list(passages)
+    if len(queries) == 1 and len(passages) != 1:
+        queries = queries * len(passages)
+    if len(queries) != len(passages):
+        raise ValueError(f"got {len(queries)} queries for {len(passages)} passages")
+    return queries, passages
+
+
+class RerankerForInference(nn.Module):
+    """A sequence-classification model with one logit per (query, passage) pair, ready for scoring."""
+
+    def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32"):
+        super().__init__()
+        if hf_model.config.num_labels != 1:
+            raise ValueError("a reranker has one output logit (num_labels=1), "
+                             f"this model has {hf_model.config.num_labels}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.precision, self.compute_dtype = precision, compute_dtype(precision, self.device)
+        self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
+        self.tokenizer = tokenizer
+        self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
+        self.max_len = self._check_max_len(max_len or default_max_len(hf_model.config, tokenizer))
+        self._encoders: dict[int, PairEncoder] = {}
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
+                        **model_kwargs) -> "RerankerForInference":
+        """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output."""
+        hf_model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision)
+
+    def _check_max_len(self, max_len: int) -> int:
+        if self.max_positions is not None and max_len > self.max_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's {self.max_positions} positions")
+        return max_len
+
+    def encoder(self, max_len: int | None = None) -> PairEncoder:
+        """The pair encoder for `max_len` (default: the reranker's), built once."""
+        max_len = self._check_max_len(max_len or self.max_len)
+        if max_len not in self._encoders:
+            self._encoders[max_len] = PairEncoder(self.tokenizer, max_len)
+        return self._encoders[max_len]
+
+    def tokenize(self, queries: str | Sequence[str], passages: str | Sequence[str], max_len: int | None = None,
+                 return_tensors: str | None = None, *, max_length: int | None = None, truncation: bool = True,
+                 padding: bool = True) -> BatchEncoding:
+        """Model inputs of (query, passage) pairs with the tokenizer's pair template, passage cut first.
+
+        Strings or lists (one query is paired with every passage); batches are always padded and truncated
+        (`truncation`/`padding` are accepted for compatibility with tokenizer calls). Without `return_tensors`
+        a single pair gives flat lists, like a tokenizer call.
+        """
+        encoder = self.encoder(max_len or max_length)
+        batch = encoder.collate(encoder.encode_texts(*_broadcast(queries, passages)))
+        if return_tensors == "pt":
+            return BatchEncoding(batch)
+        data = {name: tensor.tolist() for name, tensor in batch.items()}
+        if return_tensors is None and isinstance(queries, str) and isinstance(passages, str):
+            data = {name: rows[0] for name, rows in data.items()}
+        return BatchEncoding(data, tensor_type=return_tensors)
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def forward(self, batch):
+        """The model output for a tokenized batch; `.logits` has shape (batch, 1)."""
+        batch = {name: value.to(self.device) for name, value in batch.items()}
+        with torch.inference_mode(), self._autocast():
+            return self.hf_model(**batch)
+
+    def score_encoded(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64,
+                      bar: tqdm | None = None) -> list[float]:
+        """Scores of encoded pairs (PairEncoder output), in input order, computed in length-sorted batches."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        scores = [0.0] * len(pairs)
+        collate = self.encoder().collate
+        for indices in length_sorted_batches([len(ids) for ids, _ in pairs], batch_size):
+            logits = self(collate([pairs[i] for i in indices])).logits[:, 0].float().tolist()
+            for i, value in zip(indices, logits):
+                scores[i] = value
+            if bar is not None:
+                bar.update(len(indices))
+        return scores
+
+    def score(self, queries: str | Sequence[str], passages: str | Sequence[str], batch_size: int = 64,
+              progress: bool = False) -> list[float]:
+        """One score per (query, passage) pair, in input order; one query may be paired with many passages."""
+        queries, passages = _broadcast(queries, passages)
+        pairs = self.encoder().encode_texts(queries, passages) if passages else []
+        with tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress) as bar:
+            return self.score_encoded(pairs, batch_size, bar)
+
+    def rerank(self, query: str, passages: Sequence[str], top_k: int | None = None,
+               batch_size: int = 64) -> list[tuple[int, float]]:
+        """(passage index, score) pairs, best first (ties: lower index first), cut to `top_k` when given."""
+        if not passages:
+            return []
+        scores = self.score(query, list(passages), batch_size)
+        ranked = sorted(enumerate(scores), key=lambda item: (-item[1], item[0]))
+        return ranked[:top_k]
