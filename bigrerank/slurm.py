@@ -164,12 +164,14 @@ def hostfile_slots(env: Mapping[str, str], slots_from: str = "auto") -> list[tup
     hosts = expand_hostlist(_require(env, "SLURM_JOB_NODELIST", hint))
     gpus = _gpus_on_node(env) if slots_from in ("auto", "gpus") else None
     if slots_from == "gpus" and gpus is None:
-        raise InputError(ENVIRONMENT, "not set; the job holds no GPUs (use --gpus-per-node)", field="SLURM_GPUS_ON_NODE")
+        raise InputError(ENVIRONMENT, "not set; the job holds no GPUs (use --gpus-per-node)",
+                         field="SLURM_GPUS_ON_NODE")
     if gpus is not None:
         return [(host, gpus) for host in hosts]
     tasks = expand_tasks_per_node(_require(env, "SLURM_TASKS_PER_NODE", hint))
     if len(tasks) != len(hosts):
-        raise InputError(ENVIRONMENT, f"{len(tasks)} per-node counts for {len(hosts)} hosts", field="SLURM_TASKS_PER_NODE")
+        raise InputError(ENVIRONMENT, f"{len(tasks)} per-node counts for {len(hosts)} hosts",
+                         field="SLURM_TASKS_PER_NODE")
     return list(zip(hosts, tasks))
 
 

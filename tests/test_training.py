@@ -67,7 +67,7 @@ def test_resume_is_exact(tmp_path, world, config):
     run_jobs(world, [second])
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all((a[k] == b[k]).all() for k in a), relative_difference(b, a)
-    assert _losses(straight)[3:] == _losses(resumed)[3:]
+    assert _losses(straight)[3:] == _losses(resumed)[-3:]
 
 
 @pytest.mark.parametrize("broken,expected", [

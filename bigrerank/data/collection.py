@@ -35,6 +35,8 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(path, f"malformed JSON ({e.msg}, column {e.colno})", number) from None
+        except (ValueError, RecursionError) as e:  # an integer over 4300 digits; nesting deeper than the stack
+            raise InputError(path, f"unreadable JSON ({type(e).__name__}: {str(e)[:80]})", number) from None
         if not isinstance(obj, dict):
             raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", number)
         yield number, obj
@@ -116,6 +118,14 @@ def _parse_int(path, number: int, value: str, field: str) -> int:
         raise InputError(path, f"expected an integer, got '{value}'", number, field) from None
 
 
+def _parse_rank(path, number: int, value: str) -> int:
+    """A rank in 0..2^53, so that minus the rank is an exact float score."""
+    rank = _parse_int(path, number, value, "rank")
+    if not 0 <= rank <= 2**53:
+        raise InputError(path, f"rank out of range 0..2^53, got '{value[:40]}'", number, "rank")
+    return rank
+
+
 def _parse_float(path, number: int, value: str, field: str) -> float:
     try:
         score = float(value)
@@ -163,10 +173,16 @@ def _looks_ranked(path) -> bool:
     """True when the third column counts 1, 2, 3 … within every query (an MS MARCO run)."""
     expected: dict[str, int] = {}
     for _, line in iter_lines(path):
-        qid, _, third = line.split()[:3]
-        if not third.isdigit() or int(third) != expected.get(qid, 0) + 1:
+        parts = line.split()
+        if len(parts) != 3:
             return False
-        expected[qid] = int(third)
+        try:
+            rank = int(parts[2])
+        except ValueError:
+            return False
+        if rank != expected.get(parts[0], 0) + 1:
+            return False
+        expected[parts[0]] = rank
     return True
 
 
@@ -187,14 +203,14 @@ def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
             if len(parts) != 6:
                 raise InputError(path, f"expected 6 TREC columns (qid Q0 docid rank score name), got {len(parts)}", number)
             qid, doc_id = parts[0], parts[2]
-            rank = _parse_int(path, number, parts[3], "rank")
+            rank = _parse_rank(path, number, parts[3])
             score = _parse_float(path, number, parts[4], "score")
         else:
             if len(parts) != 3:
                 raise InputError(path, f"expected 3 columns (qid docid {'rank' if fmt == 'marco' else 'score'}), got {len(parts)}", number)
             qid, doc_id = parts[0], parts[1]
             if fmt == "marco":
-                rank = _parse_int(path, number, parts[2], "rank")
+                rank = _parse_rank(path, number, parts[2])
                 score = -float(rank)
             else:
                 score = _parse_float(path, number, parts[2], "score")

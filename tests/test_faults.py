@@ -1,0 +1,161 @@
+"""Faults: preemption signals, a killed rank, non-finite losses and incomplete checkpoints never lose more than
+the work since the last complete checkpoint, never hang, and never write a checkpoint from NaN weights."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigrerank import losses
+from bigrerank.arguments import parse
+from bigrerank.checkpoints import store
+from bigrerank.training import distributed, trainer
+from bigrerank.training.distributed import free_port
+from tests.dist_harness import run_jobs
+from tests.tiny import tiny_model_dir, write_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _argv(model, train, out, *extra):
+    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
+            "--ds_config", str(ROOT / "ds_configs/zero2.json"), "--train_group_size", "4", "--max_len", "32",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1", *extra]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return env
+
+
+def _wait_for(predicate, timeout: float, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(0.2)
+    return False
+
+
+def _log_rows(out: Path) -> int:
+    log = out / "train_log.jsonl"
+    return len(log.read_text().splitlines()) if log.is_file() else 0
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    return tmp, tiny_model_dir(tmp / "model", dropout=0.1, init_range=0.2), write_groups(tmp / "g.jsonl", 64)
+
+
+def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_path):
+    tmp, model, train = setup
+    reference = tmp_path / "reference"
+    run_jobs(1, [_argv(model, train, reference, "--max_steps", "200", "--save_steps", "1000")])
+
+    out = tmp_path / "preempted"
+    argv = [sys.executable, str(ROOT / "launch/train.py"), *_argv(model, train, out, "--max_steps", "200",
+                                                                     "--save_steps", "1000")]
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _log_rows(out) >= 5, 120, proc), proc.stderr.read()
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err
+    tags = store.complete_tags(out / "checkpoints")
+    assert tags and (out / "checkpoints" / "latest").read_text() == tags[-1]
+    assert int(tags[-1].split("-")[1]) < 200 and not (out / "model.safetensors").exists()
+
+    resumed = subprocess.run(argv + ["--resume_from_checkpoint", "latest"], env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _same_weights(out, reference)
+
+
+def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setup, tmp_path):
+    tmp, model, train = setup
+    reference = tmp_path / "reference"
+    run_jobs(2, [_argv(model, train, reference, "--max_steps", "120", "--save_steps", "20")])
+
+    out = tmp_path / "killed"
+
+    def launch(*extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), str(ROOT / "launch/train.py"),
+                *_argv(model, train, out, "--max_steps", "120", "--save_steps", "20", "--ddp_timeout", "30"), *extra]
+
+    proc = subprocess.Popen(launch(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: bool(store.complete_tags(out / "checkpoints")), 180, proc)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "launch/train.py" in " ".join(c.cmdline())]
+    assert len(workers) == 2
+    started = time.time()
+    workers[1].send_signal(signal.SIGKILL)
+    proc.wait(timeout=120)  # bounded: no rank hangs in a collective
+    assert proc.returncode != 0 and time.time() - started < 120
+    assert not (out / "model.safetensors").exists()
+
+    rerun = subprocess.run(launch("--resume_from_checkpoint", "latest"), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _same_weights(out, reference)
+
+
+def test_non_finite_losses_are_skipped_then_stop_without_a_checkpoint(setup, tmp_path, monkeypatch):
+    tmp, model, train = setup
+    calls = {"n": 0}
+
+    def sometimes_nan(scores, temperature=1.0):
+        calls["n"] += 1
+        loss = losses.lce_loss(scores, temperature)
+        return loss * float("nan") if calls["n"] in (2, 4, 5, 6) else loss
+
+    monkeypatch.setitem(losses.LOSSES, "lce", sometimes_nan)
+    out = tmp_path / "nan"
+    try:
+        with pytest.raises(RuntimeError, match="3 optimizer steps in a row had a non-finite loss"):
+            trainer.train(*parse(_argv(model, train, out, "--max_steps", "20", "--save_steps", "3",
+                                       "--max_nonfinite_steps", "3")))
+    finally:
+        distributed.teardown(wait_for_others=False)
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[0]["loss"] == rows[0]["loss"] and rows[1]["loss"] != rows[1]["loss"]  # step 2: NaN, skipped
+    assert store.complete_tags(out / "checkpoints") == ["step-3"]  # saved before the run of NaNs, not after
+    assert not (out / "model.safetensors").exists()
+
+
+def test_incomplete_checkpoints_are_never_chosen(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        tag = root / f"step-{step}"
+        tag.mkdir(parents=True)
+        (tag / "weights.pt").write_text("x")
+        (tag / store.MANIFEST).write_text(json.dumps({"step": step, "files": ["weights.pt"]}))
+    (root / "step-30" / "weights.pt").unlink()  # a file lost after the save
+    (root / "step-40").mkdir()  # a save that never finished
+    assert store.complete_tags(root) == ["step-10", "step-20"]
+    assert "step-30 skipped: missing files: weights.pt" in caplog.text
+    assert "step-40 skipped: no COMPLETE marker" in caplog.text
+    assert store.resolve(root, "latest") == root / "step-20"
+    (root / "latest").write_text("step-20")
+    with pytest.raises(ValueError, match="cannot resume from .*step-40"):
+        store.resolve(root, str(root / "step-40"))
+    store.rotate(root, keep=1)
+    assert store.complete_tags(root) == ["step-20"]
