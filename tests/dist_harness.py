@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import traceback
 
 from bigrerank.training.distributed import free_port
@@ -51,6 +52,15 @@ def _rank_main(rank: int, world: int, port: int, fn, args, errors):
     except BaseException:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
         distributed.teardown(wait_for_others=False)
+        raise
+    finally:
+        errors.close()
+        errors.join_thread()
+    # Results are on disk and the group is torn down: skip interpreter-exit destructors, which rarely abort a
+    # finished rank (seen with DeepSpeed's CPU communication op).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(world: int, fn, *args, timeout: float = 900) -> None:

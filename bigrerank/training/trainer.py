@@ -135,8 +135,11 @@ def _local_grad_norm(engine) -> float | None:
     return math.sqrt(sum(g.item() for g in grads)) if grads else None
 
 
-def train(model_args, data_args, args, on_reduced=None) -> Path:
-    """Train and export; `on_reduced(engine)` (optional) sees each step's reduced gradients before the update."""
+def train(model_args, data_args, args, on_reduced=None):
+    """Train and export into --output_dir; returns the DeepSpeed engine (still live, for callers that score).
+
+    `on_reduced(engine)` (optional) sees each step's reduced gradients before the update.
+    """
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     raw_config = ds_config.load(args.ds_config)
@@ -251,7 +254,7 @@ def train(model_args, data_args, args, on_reduced=None) -> Path:
         if wandb_run is not None:
             wandb_run.finish()
     distributed.barrier()
-    return output_dir
+    return engine
 
 
 def main(argv: list[str] | None = None) -> int:

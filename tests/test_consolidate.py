@@ -1,0 +1,69 @@
+"""ZeRO checkpoints consolidate into Hugging Face directories that score exactly like the live engine."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from bigrerank import cli
+from bigrerank.checkpoints.consolidate import consolidate
+from bigrerank.errors import InputError
+from tests.dist_harness import run_ranks
+from tests.tiny import tiny_model_dir, write_groups
+
+PAIRS = [("weather in new york", "it is cold today in new york"), ("python code", "the code of python is new")]
+
+
+def _train_and_score(argv: list[str], logits_file: str):
+    from bigrerank.arguments import parse
+    from bigrerank.training import distributed, trainer
+
+    engine = trainer.train(*parse(argv))
+    tokenizer = AutoTokenizer.from_pretrained(argv[argv.index("--model_name_or_path") + 1])
+    batch = tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True, return_tensors="pt")
+    engine.eval()
+    with torch.no_grad():  # every rank: ZeRO-3 gathers the partitioned weights in the forward
+        logits = engine(**batch).logits.float()
+    if distributed.is_main():
+        torch.save(logits, logits_file)
+
+
+@pytest.mark.parametrize("stage,bf16", [(1, False), (2, False), (3, False), (3, True), ("2_offload", False)])
+def test_consolidated_model_scores_like_the_live_engine(tmp_path, stage, bf16):
+    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    train = write_groups(tmp_path / "g.jsonl", queries=16)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
+            "--ds_config", f"ds_configs/zero{stage}.json", "--train_group_size", "4", "--max_len", "32",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4", "--save_steps", "2",
+            *(["--bf16"] if bf16 else [])]
+    run_ranks(2, _train_and_score, argv, str(tmp_path / "live.pt"))
+    live = torch.load(tmp_path / "live.pt")
+
+    exported = tmp_path / "from_step2"
+    assert cli.main(["consolidate", str(out / "checkpoints"), str(exported), "--tag", "step-2"]) == 0
+    for directory in (out, exported):  # the end-of-run export and the consolidate command: one code path
+        assert AutoConfig.from_pretrained(directory).num_labels == 1
+        assert (directory / "model.safetensors").is_file() and (directory / "README.md").is_file()
+        assert AutoTokenizer.from_pretrained(directory).vocab_size == AutoTokenizer.from_pretrained(model).vocab_size
+
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        logits = hf(**tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True, return_tensors="pt")).logits
+    if bf16:  # the live engine computes with bf16 weights; the export holds the fp32 master weights
+        assert torch.allclose(logits, live, atol=3e-2, rtol=2e-2), (logits, live)
+    else:
+        assert torch.equal(logits, live), (logits, live)
+    step2 = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    assert not torch.equal(step2.classifier.weight, hf.classifier.weight)  # --tag picked the earlier step
+
+
+def test_consolidate_refuses_incomplete_checkpoints(tmp_path):
+    (tmp_path / "ckpt" / "step-5").mkdir(parents=True)
+    (tmp_path / "ckpt" / "latest").write_text("step-5")
+    with pytest.raises(InputError, match="step-5: checkpoint is not complete: no COMPLETE marker"):
+        consolidate(tmp_path / "ckpt", tmp_path / "out")
+    with pytest.raises(InputError, match="no 'latest' file and no --tag"):
+        consolidate(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
