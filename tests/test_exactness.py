@@ -5,9 +5,10 @@ group 5 (not divisible by 2 ranks), 2 queries per rank, so K=4 divides neither t
 the 6 padded collaborative ones. fp32, dropout 0, AdamW from the shipped configs.
 
 Tolerances (fp32): each step's reduced gradient within 1e-5 relative (global norm) and 1e-4 per tensor;
-final weights within 1e-5 relative (global norm). Measured: gradients <= 6e-7 global, <= 2e-5 per tensor;
-weights <= 8e-6. (Per-tensor weight error is not bounded tighter because Adam normalises the rounding
-noise of exactly-zero gradients, such as the classifier bias under the shift-invariant softmax.)
+final weights within 1e-5 relative (global norm, all weights but the classifier bias, whose exact gradient
+under the shift-invariant softmax is zero). Measured: gradients <= 6e-7 global, <= 2e-5 per tensor; weights
+<= 4e-6. (Per-tensor weight error is not bounded tighter because Adam normalises the rounding noise of
+near-zero gradients into steps of size lr.)
 """
 from __future__ import annotations
 
@@ -72,5 +73,12 @@ def test_every_mode_matches_the_plain_reference(setup, world):
             recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
             global_error, worst_tensor = relative_difference(recorded, gradients[step])
             assert global_error < 1e-5 and worst_tensor < 1e-4, (run.name, step + 1, global_error, worst_tensor)
-        global_error, _ = relative_difference(load_file(str(run / "model.safetensors")), weights)
+        final = load_file(str(run / "model.safetensors"))
+        global_error, _ = relative_difference(_identifiable(final), _identifiable(weights))
         assert global_error < 1e-5, (run.name, global_error)
+
+
+def _identifiable(state: dict) -> dict:
+    """All weights but the classifier bias: LCE's softmax is shift-invariant, so its exact gradient is zero and
+    Adam turns the rounding noise of that zero into +-lr steps whose sign no two summation orders share."""
+    return {name: tensor for name, tensor in state.items() if name != "classifier.bias"}

@@ -41,8 +41,12 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None) -> Path:
-    """Save a checkpoint of every rank; mark it complete and point `latest` at it only when all are done."""
+def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None,
+         hf_files: dict[str, str] | None = None) -> Path:
+    """Save a checkpoint of every rank; mark it complete and point `latest` at it only when all are done.
+
+    `hf_files` ({name: text}) are written into the tag's `hf/` folder beside the config and tokenizer.
+    """
     root = Path(root)
     tag = tag_for(step)
     tag_dir = root / tag
@@ -52,6 +56,8 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
     if distributed.is_main():
         model_config.save_pretrained(tag_dir / "hf")
         tokenizer.save_pretrained(tag_dir / "hf")
+        for name, text in (hf_files or {}).items():
+            (tag_dir / "hf" / name).write_text(text)
         files = sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file())
         with atomic_file(tag_dir / MANIFEST) as f:
             json.dump({"step": step, "world_size": distributed.world_size(), "files": files}, f, indent=1)

@@ -24,7 +24,6 @@ from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, is_text, load_groups
 from ..data.pairs import PairEncoder
-from ..errors import InputError
 from ..model import load_reranker, load_tokenizer
 from . import distributed, ds_config
 from .batches import encode_micro_batch
@@ -143,9 +142,6 @@ def train(model_args, data_args, args, on_reduced=None):
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     raw_config = ds_config.load(args.ds_config)
-    if args.fp16 and not torch.cuda.is_available():
-        raise InputError(args.ds_config, "fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use --bf16",
-                         field="fp16.enabled")
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
         lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size))
@@ -184,11 +180,8 @@ def train(model_args, data_args, args, on_reduced=None):
 
     def save(at_step: int) -> Path:
         client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
-        tag_dir = store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer,
-                             args.save_total_limit)
-        if distributed.is_main():
-            (tag_dir / "hf" / TRAINING_INFO).write_text(json.dumps({**info, "step": at_step}, indent=1))
-        return tag_dir
+        return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
+                          hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
 
     while step < total_steps:
         epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
