@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode: str = "w", **open_kwargs):
     """Open a temp file beside `path`; on success fsync and rename it over `path`, else delete it."""
@@ -19,6 +25,7 @@ def atomic_file(path, mode: str = "w", **open_kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -26,12 +33,19 @@ def atomic_file(path, mode: str = "w", **open_kwargs):
         raise
 
 
+def temp_dir_beside(path: Path) -> Path:
+    """A new hidden directory next to `path` (same file system, so a rename moves it into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temp directory beside `path`; on success it replaces `path` whole, else it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir_beside(path)
     try:
         yield tmp
         if path.exists():

@@ -47,10 +47,10 @@ class Recipe:
     rerank_depth: int
 
 
-FULL = Recipe(train_queries=800, test_queries=150, negatives=30, steps=100, group_size=8, batch_size=4,
-              max_len=96, learning_rate=1e-4, warmup_ratio=0.1, rerank_depth=20)
+FULL = Recipe(train_queries=800, test_queries=150, negatives=30, steps=150, group_size=8, batch_size=4,
+              max_len=64, learning_rate=2e-4, warmup_ratio=0.1, rerank_depth=30)
 QUICK = Recipe(train_queries=300, test_queries=50, negatives=30, steps=12, group_size=4, batch_size=4,
-               max_len=64, learning_rate=1e-4, warmup_ratio=0.1, rerank_depth=10)
+               max_len=64, learning_rate=2e-4, warmup_ratio=0.1, rerank_depth=10)
 
 
 @dataclass

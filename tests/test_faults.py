@@ -91,17 +91,18 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_pa
 
 def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setup, tmp_path):
     tmp, model, train = setup
-    reference = tmp_path / "reference"
-    run_jobs(2, [_argv(model, train, reference, "--max_steps", "120", "--save_steps", "20")])
+    reference, out = tmp_path / "reference", tmp_path / "killed"
 
-    out = tmp_path / "killed"
-
-    def launch(*extra):
+    def launch(output_dir, *extra):  # torchrun for both runs: the same (shared-memory) reduction order
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(ROOT / "launch/train.py"),
-                *_argv(model, train, out, "--max_steps", "120", "--save_steps", "20", "--ddp_timeout", "30"), *extra]
+                str(free_port()), str(ROOT / "launch/train.py"), *_argv(model, train, output_dir, "--max_steps", "120",
+                                                                        "--save_steps", "20", "--ddp_timeout", "30"),
+                *extra]
 
-    proc = subprocess.Popen(launch(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    straight = subprocess.run(launch(reference), env=_env(), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    proc = subprocess.Popen(launch(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: bool(store.complete_tags(out / "checkpoints")), 180, proc)
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "launch/train.py" in " ".join(c.cmdline())]
     assert len(workers) == 2
@@ -111,10 +112,12 @@ def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setu
     assert proc.returncode != 0 and time.time() - started < 120
     assert not (out / "model.safetensors").exists()
 
-    rerun = subprocess.run(launch("--resume_from_checkpoint", "latest"), env=_env(), capture_output=True, text=True,
+    rerun = subprocess.run(launch(out, "--resume_from_checkpoint", "latest"), env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert _same_weights(out, reference)
+    resumed_at = [line for line in rerun.stderr.splitlines() if "resumed from" in line]
+    assert _same_weights(out, reference), (resumed_at, _log_rows(out), (out / "train_log.jsonl").read_text()[-600:],
+                                           (reference / "train_log.jsonl").read_text()[-600:])
 
 
 def test_non_finite_losses_are_skipped_then_stop_without_a_checkpoint(setup, tmp_path, monkeypatch):

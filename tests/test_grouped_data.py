@@ -46,9 +46,11 @@ def test_sampling_is_deterministic_and_changes_with_the_epoch(tmp_path):
 
 def test_too_few_negatives_are_sampled_with_replacement_and_said_once(tmp_path, caplog):
     path = write_groups(tmp_path / "g.jsonl", 5, negatives=2)
+    dataset = load_groups(path, None, 6, str(tmp_path / "c"))
+    sampler = GroupSampler(dataset, 6, seed=0)
     with caplog.at_level(logging.WARNING):
-        dataset = load_groups(path, None, 6, str(tmp_path / "c"))
+        groups = [sampler.group(i, 0) for i in range(5)]
     assert sum("sampled with replacement" in r.message for r in caplog.records) == 1
-    assert "5 of 5 queries" in caplog.text
-    _, passages = GroupSampler(dataset, 6, seed=0).group(0, 0)
-    assert len(passages) == 6 and set(passages[1:]) <= {n["passage"] for n in dataset[0]["neg"]}
+    assert "query q0 has 2 negatives, fewer than the 5" in caplog.text
+    for i, (_, passages) in enumerate(groups):
+        assert len(passages) == 6 and set(passages[1:]) <= {n["passage"] for n in dataset[i]["neg"]}

@@ -117,3 +117,13 @@ def test_missing_or_invalid_ds_config(tmp_path, capsys, content, expected):
     err = capsys.readouterr().err
     assert "ds.json" in err and expected in err
     assert not (tmp_path / "out").exists()
+
+
+def test_wandb_logs_offline(data, tmp_path, monkeypatch):
+    _, model, train = data
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "wandb-run"
+    run_jobs(1, [_argv(model, train, out, "zero0", "--max_steps", "3", "--report_to", "wandb", "--run_name", "t")])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert len(_losses(out)) == 3

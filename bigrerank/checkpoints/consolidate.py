@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
 
+from ..atomic import temp_dir_beside
 from ..errors import InputError
 from .store import MANIFEST, incomplete_reason
 
@@ -70,7 +70,6 @@ def model_card(config, info: dict) -> str:
 def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB") -> Path:
     """Write an HF reranker directory from a full state dict; it appears complete or not at all."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     config.num_labels = 1
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
@@ -78,7 +77,7 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
         raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         model.save_pretrained(tmp, state_dict={k: v for k, v in state_dict.items() if k in expected},
                               max_shard_size=max_shard_size)

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import sysconfig
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -122,7 +123,9 @@ def module_entries(module: str, path: Path) -> list[Entry]:
     """The documented public definitions of one source file; [] when it does not parse."""
     try:
         source = path.read_text(encoding="utf-8")
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # invalid escape sequences in old sources warn while parsing
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return []
     lines = source.splitlines()

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
 from datasets.exceptions import DatasetGenerationError
 
@@ -132,10 +131,6 @@ def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_
         raise
     if len(dataset) == 0:
         raise InputError(files[0], "no training examples")
-    short = pc.sum(pc.less(pc.list_value_length(dataset.data.column("neg")), group_size - 1)).as_py() or 0
-    if group_size > 1 and short:
-        log.warning("%d of %d queries have fewer than %d negatives: their negatives are sampled with replacement",
-                    short, len(dataset), group_size - 1)
     return dataset
 
 
@@ -149,6 +144,7 @@ class GroupSampler:
 
     def __init__(self, dataset: Dataset, group_size: int, seed: int):
         self.dataset, self.group_size, self.seed = dataset, group_size, seed
+        self._said_replacement = False  # read lazily: opening the data must not touch every record
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -168,4 +164,8 @@ class GroupSampler:
             chosen = rng.choice(len(negatives), size=wanted, replace=False)
         else:
             chosen = rng.choice(len(negatives), size=wanted, replace=True)
+            if not self._said_replacement:
+                self._said_replacement = True
+                log.warning("query %s has %d negatives, fewer than the %d a group needs: negatives of such queries "
+                            "are sampled with replacement (said once)", row["qid"], len(negatives), wanted)
         return row["query"], [positive, *(negatives[int(i)]["passage"] for i in chosen)]
