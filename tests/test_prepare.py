@@ -5,7 +5,7 @@ import pytest
 
 from bigrerank.cli import main as cli
 from bigrerank.data.prepare import ids_path
-from tests.tiny import tiny_tokenizer
+from tests.tiny import tiny_tokenizer, write_beir
 
 CORPUS = {
     "d1": ("Weather", "new york is cold today"),
@@ -23,12 +23,7 @@ RUN = [("q1", ["d2", "d4", "d5", "d1", "d6", "d3"]), ("q2", ["d3"]), ("q3", ["d5
 
 
 def _write(tmp_path, corpus=CORPUS, queries=QUERIES, qrels=QRELS, run=RUN):
-    with open(tmp_path / "corpus.jsonl", "w") as f:
-        for doc_id, (title, text) in corpus.items():
-            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
-    with open(tmp_path / "queries.jsonl", "w") as f:
-        for qid, text in queries.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    write_beir(tmp_path, corpus, queries)
     (tmp_path / "qrels.tsv").write_text(qrels)
     with open(tmp_path / "run.trec", "w") as f:
         for qid, docs in run:

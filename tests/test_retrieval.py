@@ -1,11 +1,11 @@
 """BM25 first stage: bm25_run and `bigrerank retrieve`."""
-import json
 
 import pytest
 
 from bigrerank.cli import main as cli
 from bigrerank.data.collection import read_run
 from bigrerank.retrieval import bm25_run, write_trec
+from tests.tiny import write_beir
 
 CORPUS = {
     "d1": ("Weather", "The weather in New York is cold today."),
@@ -52,12 +52,7 @@ def test_write_trec_round_trips(tmp_path):
 
 
 def _write_beir(tmp_path):
-    with open(tmp_path / "corpus.jsonl", "w") as f:
-        for doc_id, (title, text) in CORPUS.items():
-            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
-    with open(tmp_path / "queries.jsonl", "w") as f:
-        for qid, text in QUERIES.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    write_beir(tmp_path, CORPUS, QUERIES)
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\nq9\td1\t1\n")
 
 

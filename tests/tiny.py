@@ -68,3 +68,16 @@ def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_
                       "neg": [{"pid": f"n{q}-{i}", "passage": body(words(7))} for i in range(negatives)]}
             f.write(json.dumps(record) + "\n")
     return path
+
+
+def write_beir(directory, corpus: dict[str, tuple[str, str]], queries: dict[str, str]) -> None:
+    """corpus.jsonl ({_id, title, text}) and queries.jsonl ({_id, text}) in BEIR layout."""
+    import json
+
+    directory = Path(directory)
+    with open(directory / "corpus.jsonl", "w") as f:
+        for doc_id, (title, text) in corpus.items():
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with open(directory / "queries.jsonl", "w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
