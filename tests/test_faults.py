@@ -162,3 +162,25 @@ def test_incomplete_checkpoints_are_never_chosen(tmp_path, caplog):
         store.resolve(root, str(root / "step-40"))
     store.rotate(root, keep=1)
     assert store.complete_tags(root) == ["step-20"]
+
+
+def test_no_checkpoint_is_ever_written_from_non_finite_weights(setup, tmp_path):
+    tmp, model, train = setup
+    out = tmp_path / "poisoned"
+    seen = {"steps": 0}
+
+    def poison_after_step_two(engine):
+        seen["steps"] += 1
+        if seen["steps"] == 3:  # before the third update: the weights that step 4 would save are NaN
+            with torch.no_grad():
+                engine.module.classifier.weight.fill_(float("nan"))
+
+    try:
+        with pytest.raises(RuntimeError, match="weights are not finite at step 4: no checkpoint written"):
+            argv = _argv(model, train, out, "--max_steps", "10", "--save_steps", "2")
+            argv[argv.index("--ds_config") + 1] = str(ROOT / "ds_configs/zero0.json")  # the module holds the master
+            trainer.train(*parse(argv), on_reduced=poison_after_step_two)
+    finally:
+        distributed.teardown(wait_for_others=False)
+    assert store.complete_tags(out / "checkpoints") == ["step-2"]
+    assert not (out / "checkpoints" / "step-4").exists() and not (out / "model.safetensors").exists()

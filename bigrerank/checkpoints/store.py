@@ -41,6 +41,15 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def weights_finite(engine) -> bool:
+    """True when every rank's weights (its ZeRO-3 partitions, or the whole module) are finite."""
+    finite = all(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all() for p in engine.module.parameters())
+    flag = torch.tensor([float(finite)], device=engine.device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None,
          hf_files: dict[str, str] | None = None) -> Path:
     """Save a checkpoint of every rank; mark it complete and point `latest` at it only when all are done.
@@ -50,6 +59,9 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
     root = Path(root)
     tag = tag_for(step)
     tag_dir = root / tag
+    if not weights_finite(engine):
+        raise RuntimeError(f"the weights are not finite at step {step}: no checkpoint written "
+                           "(lower the learning rate, or use fp32/bf16 with --max_grad_norm)")
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(_capture_rng(), tag_dir / f"rng_state_{distributed.rank()}.pt")
     distributed.barrier()
