@@ -191,3 +191,16 @@ def test_ms_marco_tsv_inputs(tmp_path):
     (group,) = _read(tmp_path / "t.jsonl")
     assert group["pos"] == [{"pid": "d1", "passage": "new york is cold today"}]
     assert [n["pid"] for n in group["neg"]] == ["d2", "d5"]
+
+
+def test_documents_without_title_or_text_are_left_out_and_counted(tmp_path, capsys):
+    corpus = dict(CORPUS)
+    corpus["d6"] = ("", "  ")  # ranked by the run for q1 and q4
+    _write(tmp_path, corpus=corpus)
+    out = tmp_path / "train.jsonl"
+    assert cli(["prepare", "train", "--corpus", str(tmp_path / "corpus.jsonl"), "--queries",
+                str(tmp_path / "queries.jsonl"), "--qrels", str(tmp_path / "qrels.tsv"), "--run",
+                str(tmp_path / "run.trec"), "--out", str(out)]) == 0
+    assert "left out of every group: 1 documents with neither title nor text" in capsys.readouterr().out
+    used = {p["pid"] for line in out.read_text().splitlines() for key in ("pos", "neg") for p in json.loads(line)[key]}
+    assert used and "d6" not in used

@@ -5,12 +5,14 @@ Every reader validates as it goes and raises `InputError` naming the file, line 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
 
 RUN_FORMATS = ("auto", "trec", "marco", "scores")
+log = logging.getLogger(__name__)
 
 
 def iter_lines(path) -> Iterator[tuple[int, str]]:
@@ -74,16 +76,22 @@ def _put_unique(table: dict, key: str, value, path, number: int, what: str) -> N
     table[key] = value
 
 
+def empty_documents(corpus: dict[str, tuple[str, str]]) -> set[str]:
+    """Ids of documents with neither title nor text (Cranfield has two): nothing to train on."""
+    return {doc_id for doc_id, (title, text) in corpus.items() if not (title.strip() or text.strip())}
+
+
 def read_corpus(path) -> dict[str, tuple[str, str]]:
-    """Corpus as {doc id: (title, text)}: BEIR `corpus.jsonl` (_id, title, text) or tsv `id<TAB>text[<TAB>title]`."""
+    """Corpus as {doc id: (title, text)}: BEIR `corpus.jsonl` (_id, title, text) or tsv `id<TAB>text[<TAB>title]`.
+
+    Documents with neither title nor text are kept (a run may rank them) and counted in a warning.
+    """
     corpus: dict[str, tuple[str, str]] = {}
     if _is_jsonl(path):
         for number, obj in iter_jsonl(path):
             doc_id = require_str(path, number, obj, "_id")
             title = require_str(path, number, obj, "title", allow_empty=True) if "title" in obj else ""
             text = require_str(path, number, obj, "text", allow_empty=True)
-            if not (title.strip() or text.strip()):
-                raise InputError(path, "document has neither title nor text", number, "text")
             _put_unique(corpus, doc_id, (title, text), path, number, "document id")
     else:
         for number, line in iter_lines(path):
@@ -92,6 +100,9 @@ def read_corpus(path) -> dict[str, tuple[str, str]]:
             _put_unique(corpus, parts[0], (title, parts[1]), path, number, "document id")
     if not corpus:
         raise InputError(path, "empty corpus")
+    empty = empty_documents(corpus)
+    if empty:
+        log.warning("%s: %d documents have neither title nor text (e.g. '%s')", path, len(empty), min(empty))
     return corpus
 
 

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 from ..atomic import atomic_file
 from ..errors import InputError
 from ..inference.candidates import passage_text
-from .collection import iter_lines, read_corpus, read_qrels, read_queries, read_run
+from .collection import empty_documents, iter_lines, read_corpus, read_qrels, read_queries, read_run
 
 SUBCOMMANDS = ("train", "rerank")
 
@@ -110,16 +110,20 @@ def bad_option(args, tokenization: Tokenization) -> str | None:
 
 
 def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]],
-                    depth: int, negatives: int, min_relevance: int) -> tuple[list[tuple[str, list[str], list[str]]], Counter]:
-    """(qid, positive ids, negative ids) per usable query, and a count of skipped queries by reason."""
+                    depth: int, negatives: int, min_relevance: int,
+                    empty: frozenset[str] = frozenset()) -> tuple[list[tuple[str, list[str], list[str]]], Counter]:
+    """(qid, positive ids, negative ids) per usable query, and a count of skipped queries by reason.
+
+    Documents in `empty` (no title, no text) are left out of every group.
+    """
     skipped: Counter = Counter()
     groups = []
     for qid, judged in qrels.items():
         if qid not in queries:
             skipped["judged queries absent from the queries file"] += 1
             continue
-        positives = [d for d, grade in judged.items() if grade >= min_relevance]
-        ranked = [d for d, _ in run.get(qid, [])[:depth]]
+        positives = [d for d, grade in judged.items() if grade >= min_relevance and d not in empty]
+        ranked = [d for d, _ in run.get(qid, [])[:depth] if d not in empty]
         chosen = [d for d in ranked if judged.get(d, 0) < 1][:negatives]
         if not positives:
             skipped[f"queries with no judgment of grade >= {min_relevance}"] += 1
@@ -138,7 +142,10 @@ def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
     qrels, run = read_qrels(args.qrels), read_run(args.run)
     check_documents_known(args.qrels, qrels, corpus, args.corpus)
     check_documents_known(args.run, run, corpus, args.corpus)
-    groups, skipped = training_groups(queries, qrels, run, args.depth, args.negatives, args.min_relevance)
+    empty = frozenset(empty_documents(corpus))
+    groups, skipped = training_groups(queries, qrels, run, args.depth, args.negatives, args.min_relevance, empty)
+    if empty:
+        print(f"left out of every group: {len(empty)} documents with neither title nor text")
     report_skipped(skipped, "queries")
     if not groups:
         raise InputError(args.qrels, "no query has both a positive and a negative: nothing to train on")

