@@ -54,6 +54,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Reduce a few numbers over the ranks ("sum", "max" or "min"), on the device the backend needs."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return tensor.tolist()
+
+
 def main_first(fn):
     """Run `fn` on rank 0, then on the other ranks (to fill a cache once); rank 0's error is raised on all."""
     error, result = None, None
@@ -72,8 +81,14 @@ def main_first(fn):
 
 
 def teardown(wait_for_others: bool = True) -> None:
-    """Destroy the process group explicitly; leaving it to interpreter exit can abort a rank."""
+    """Destroy the process group explicitly; leaving it to interpreter exit can abort a rank.
+
+    Through DeepSpeed's own call, which also forgets the groups it cached, so a later `init` in the same
+    process (a library caller training twice) starts clean.
+    """
     if dist.is_initialized():
+        import deepspeed.comm
+
         if wait_for_others:
             dist.barrier()
-        dist.destroy_process_group()
+        deepspeed.comm.destroy_process_group()

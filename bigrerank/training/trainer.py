@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import losses
@@ -36,20 +35,23 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written on SIGUSR1/SIGTERM; 
 class Preemption:
     """Remembers SIGUSR1/SIGTERM so the loop can finish its step, checkpoint and exit."""
 
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, _frame):
         log.warning("signal %s received: checkpointing after this step", signal.Signals(signum).name)
         self.requested = True
 
     def any_rank(self) -> bool:
-        flag = torch.tensor([float(self.requested)])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return distributed.all_reduce([float(self.requested)], "max")[0] > 0
+
+    def restore(self) -> None:
+        """Give the signals back to whoever handled them before training."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def schedule(num_queries: int, args, world: int) -> tuple[int, int, int]:
@@ -116,17 +118,8 @@ def start_wandb(args, output_dir: Path, config: dict):
 
 
 def _reduce_mean(values: list[float]) -> float:
-    t = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return (t[0] / t[1]).item() if t[1] else float("nan")
-
-
-def _reduce_sum(*values: float) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
+    total, count = distributed.all_reduce([sum(values), float(len(values))])
+    return total / count if count else float("nan")
 
 
 def _local_grad_norm(engine) -> float | None:
@@ -173,81 +166,84 @@ def train(model_args, data_args, args, on_reduced=None):
     loss_fn = lambda scores: losses.LOSSES[args.loss](scores, args.temperature)  # noqa: E731
     accum = args.gradient_accumulation_steps
     preemption = Preemption()
-    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not distributed.is_main(), dynamic_ncols=True)
-    window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
-    nonfinite_in_a_row = 0
-    orders: dict[int, object] = {}  # the current epoch's query order
+    try:
+        bar = tqdm(total=total_steps, initial=step, desc="train", disable=not distributed.is_main(), dynamic_ncols=True)
+        window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
+        nonfinite_in_a_row = 0
+        orders: dict[int, object] = {}  # the current epoch's query order
 
-    def save(at_step: int) -> Path:
-        client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
-        return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
-                          hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
+        def save(at_step: int) -> Path:
+            client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
+            return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
+                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
 
-    while step < total_steps:
-        epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
-        if epoch not in orders:
-            orders = {epoch: sampler.epoch_order(epoch)}
-        order = orders[epoch]
-        step_finite = True
-        with ReductionScope(engine, accum, on_reduced) as scope:
-            for m in range(first_micro, first_micro + accum):
-                indices = order[m * per_micro:(m + 1) * per_micro]
-                if not args.collaborative:
-                    indices = indices[rank * args.per_device_train_batch_size:(rank + 1) * args.per_device_train_batch_size]
-                groups = [sampler.group(i, epoch) for i in indices]
-                encoded = encode_micro_batch(groups, encoder, mode, rank, world, text)
-                batches = [{k: v.to(engine.device) for k, v in b.items()} for b in encoded.batches]
-                result = micro_batch_step(engine, batches, encoded.shape, data_args.train_group_size,
-                                          encoded.real.to(engine.device), loss_fn, mode, scope.backward)
-                if result.finite:
-                    window["loss"].append(result.loss.item())
-                else:
-                    step_finite = False
-                    scope.skip_micro_batch()
-                window["pairs"] += encoded.pairs
-                window["tokens"] += encoded.tokens
-            manual_norm = _local_grad_norm(engine) if ds_config.zero_stage(config) == 0 else None
-        step += 1
-        bar.update(1)
-        nonfinite_in_a_row = 0 if step_finite else nonfinite_in_a_row + 1
-        if not step_finite:
-            log.warning("step %d: non-finite loss; its micro-batches were skipped (%d in a row)", step,
-                        nonfinite_in_a_row)
-            if nonfinite_in_a_row >= args.max_nonfinite_steps:
-                raise RuntimeError(f"{nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
-                                   f"(--max_nonfinite_steps {args.max_nonfinite_steps}); stopping without saving")
+        while step < total_steps:
+            epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
+            if epoch not in orders:
+                orders = {epoch: sampler.epoch_order(epoch)}
+            order = orders[epoch]
+            step_finite = True
+            with ReductionScope(engine, accum, on_reduced) as scope:
+                for m in range(first_micro, first_micro + accum):
+                    indices = order[m * per_micro:(m + 1) * per_micro]
+                    if not args.collaborative:
+                        indices = indices[rank * args.per_device_train_batch_size:(rank + 1) * args.per_device_train_batch_size]
+                    groups = [sampler.group(i, epoch) for i in indices]
+                    encoded = encode_micro_batch(groups, encoder, mode, rank, world, text)
+                    batches = [{k: v.to(engine.device) for k, v in b.items()} for b in encoded.batches]
+                    result = micro_batch_step(engine, batches, encoded.shape, data_args.train_group_size,
+                                              encoded.real.to(engine.device), loss_fn, mode, scope.backward)
+                    if result.finite:
+                        window["loss"].append(result.loss.item())
+                    else:
+                        step_finite = False
+                        scope.skip_micro_batch()
+                    window["pairs"] += encoded.pairs
+                    window["tokens"] += encoded.tokens
+                manual_norm = _local_grad_norm(engine) if ds_config.zero_stage(config) == 0 else None
+            step += 1
+            bar.update(1)
+            nonfinite_in_a_row = 0 if step_finite else nonfinite_in_a_row + 1
+            if not step_finite:
+                log.warning("step %d: non-finite loss; its micro-batches were skipped (%d in a row)", step,
+                            nonfinite_in_a_row)
+                if nonfinite_in_a_row >= args.max_nonfinite_steps:
+                    raise RuntimeError(f"{nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
+                                       f"(--max_nonfinite_steps {args.max_nonfinite_steps}); stopping without saving")
 
-        if step % args.logging_steps == 0 or step == total_steps:
-            norm = engine.get_global_grad_norm()
-            norm = manual_norm if norm is None else float(norm)
-            pairs, tokens = _reduce_sum(window["pairs"], window["tokens"])
-            elapsed = time.perf_counter() - window["start"]
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": _reduce_mean(window["loss"]),
-                   "lr": engine.get_lr()[0], "grad_norm": norm, "pairs_per_s": pairs / elapsed,
-                   "tokens_per_s": tokens / elapsed}
-            if train_log:
-                train_log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-            window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
+            if step % args.logging_steps == 0 or step == total_steps:
+                norm = engine.get_global_grad_norm()
+                norm = manual_norm if norm is None else float(norm)
+                pairs, tokens = distributed.all_reduce([window["pairs"], window["tokens"]])
+                elapsed = time.perf_counter() - window["start"]
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": _reduce_mean(window["loss"]),
+                       "lr": engine.get_lr()[0], "grad_norm": norm, "pairs_per_s": pairs / elapsed,
+                       "tokens_per_s": tokens / elapsed}
+                if train_log:
+                    train_log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
 
-        if preemption.any_rank() and step < total_steps:
-            save(step)
-            bar.close()
-            log.warning("checkpoint at step %d written after a preemption signal; exiting with %d",
-                        step, PREEMPTED_EXIT_CODE)
-            distributed.teardown()
-            sys.exit(PREEMPTED_EXIT_CODE)
-        if step % args.save_steps == 0 and step < total_steps:
-            save(step)
-    bar.close()
+            if preemption.any_rank() and step < total_steps:
+                save(step)
+                bar.close()
+                log.warning("checkpoint at step %d written after a preemption signal; exiting with %d",
+                            step, PREEMPTED_EXIT_CODE)
+                distributed.teardown()
+                sys.exit(PREEMPTED_EXIT_CODE)
+            if step % args.save_steps == 0 and step < total_steps:
+                save(step)
+        bar.close()
 
-    final = save(step)
-    if distributed.is_main():
-        consolidate(final, output_dir)
-        if wandb_run is not None:
-            wandb_run.finish()
-    distributed.barrier()
-    return engine
+        final = save(step)
+        if distributed.is_main():
+            consolidate(final, output_dir)
+            if wandb_run is not None:
+                wandb_run.finish()
+        distributed.barrier()
+        return engine
+    finally:
+        preemption.restore()
 
 
 def main(argv: list[str] | None = None) -> int:
