@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..training import distributed
+from ..training.steps import RngState
 
 log = logging.getLogger(__name__)
 MANIFEST = "COMPLETE"
@@ -28,26 +29,10 @@ def tag_for(step: int) -> str:
     return f"step-{step}"
 
 
-def _capture_rng() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def weights_finite(engine) -> bool:
     """True when every rank's weights (its ZeRO-3 partitions, or the whole module) are finite."""
     finite = all(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all() for p in engine.module.parameters())
-    flag = torch.tensor([float(finite)], device=engine.device)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
+    return distributed.all_reduce([float(finite)], "min")[0] > 0
 
 
 def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None,
@@ -63,7 +48,7 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
         raise RuntimeError(f"the weights are not finite at step {step}: no checkpoint written "
                            "(lower the learning rate, or use fp32/bf16 with --max_grad_norm)")
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(_capture_rng(), tag_dir / f"rng_state_{distributed.rank()}.pt")
+    torch.save(RngState().to_dict(), tag_dir / f"rng_state_{distributed.rank()}.pt")
     distributed.barrier()
     if distributed.is_main():
         model_config.save_pretrained(tag_dir / "hf")
@@ -133,7 +118,7 @@ def load(engine, tag_dir: Path) -> dict:
         raise ValueError(f"DeepSpeed could not load the checkpoint {tag_dir}")
     rng_file = tag_dir / f"rng_state_{distributed.rank()}.pt"
     if rng_file.is_file():
-        _restore_rng(torch.load(rng_file, weights_only=False))
+        RngState.from_dict(torch.load(rng_file, weights_only=False)).restore()
     return client_state
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..model import pair_scores
+from . import distributed
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class RngState:
         if self.cuda is not None:
             torch.cuda.set_rng_state(self.cuda)
 
+    def to_dict(self) -> dict:
+        return {"cpu": self.cpu, **({"cuda": self.cuda} if self.cuda is not None else {})}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "RngState":
+        rng = cls.__new__(cls)
+        rng.cpu = state["cpu"]
+        rng.cuda = state.get("cuda") if torch.cuda.is_available() else None
+        return rng
+
 
 def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
@@ -84,10 +95,7 @@ def _gather_slices(local: torch.Tensor, group_size: int, world: int) -> torch.Te
 
 
 def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.tensor([float(torch.isfinite(value).all())], device=value.device)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return distributed.all_reduce([float(torch.isfinite(value).all())], "min")[0] > 0
 
 
 def micro_batch_step(engine, batches: list[dict], shape: tuple[int, int], group_size: int, real_width: torch.Tensor,
