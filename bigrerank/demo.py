@@ -9,7 +9,6 @@ Every stage prints the `bigrerank` command that does the same by hand; all outpu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .atomic import atomic_file
-from .cli import COMMANDS
+from . import cli
 from .data.collection import read_qrels, read_run
 from .data.default_data import write_default_data
 from .errors import InputError
@@ -82,7 +81,7 @@ def banner(title: str, command: list[str] | None = None) -> float:
 
 def run_command(name: str, argv: list[str]) -> None:
     """Run a `bigrerank <name>` subcommand in this process; a non-zero exit stops the demo."""
-    code = importlib.import_module(COMMANDS[name][0]).main(argv)
+    code = cli.main([name, *argv])
     if code:
         raise SystemExit(f"bigrerank demo: `bigrerank {name}` failed with exit code {code}")
 
