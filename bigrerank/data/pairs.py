@@ -7,8 +7,10 @@ BERT's `[CLS] q [SEP] p [SEP]`, RoBERTa's `<s> q </s></s> p </s>` and any other 
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 _PROBE_QUERY, _PROBE_PASSAGE = "query", "passage"
@@ -88,17 +90,21 @@ class PairEncoder:
         q_ids, p_ids = self.token_ids(queries), self.token_ids(passages)
         return [self.encode_ids(q, p) for q, p in zip(q_ids, p_ids)]
 
-    def collate(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        """Pad to the longest pair in the batch; returns input_ids, attention_mask (and token_type_ids)."""
-        width = max(len(ids) for ids, _ in pairs)
-        input_ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        token_types = torch.zeros((len(pairs), width), dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (ids, types) in enumerate(pairs):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            token_types[row, :len(ids)] = torch.tensor(types)
-            mask[row, :len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": mask}
+    def collate(self, pairs: list[tuple[list[int], list[int]]], pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        """Pad to the longest pair in the batch; returns input_ids, attention_mask (and token_type_ids).
+
+        `pin_memory` puts the tensors in page-locked memory, so a GPU copy can run asynchronously.
+        """
+        lengths = np.fromiter((len(ids) for ids, _ in pairs), dtype=np.int64, count=len(pairs))
+        mask = np.arange(int(lengths.max())) < lengths[:, None]
+        input_ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
+        input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in pairs), dtype=np.int64,
+                                      count=int(lengths.sum()))
+        arrays = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64)}
         if self.use_token_types:
-            batch["token_type_ids"] = token_types
-        return batch
+            token_types = np.zeros(mask.shape, dtype=np.int64)
+            token_types[mask] = np.fromiter(itertools.chain.from_iterable(types for _, types in pairs),
+                                            dtype=np.int64, count=int(lengths.sum()))
+            arrays["token_type_ids"] = token_types
+        batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
+        return {name: t.pin_memory() for name, t in batch.items()} if pin_memory else batch

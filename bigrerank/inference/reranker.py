@@ -2,7 +2,10 @@
 
 The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` returning the model output),
 plus `score`/`rerank` conveniences and a fast scoring loop: length-sorted batches with dynamic padding,
-`torch.inference_mode` and optional half precision.
+`torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family models, first-token
+scoring (first_token.py: the last layer runs for the scored token only; a batch without padding runs without
+an attention mask). On a GPU, batches are copied from pinned memory without blocking and scores stay on the
+device until the end, so the host prepares the next batch while the GPU computes.
 """
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..data.pairs import PairEncoder
+from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_MAX_LEN = 512
@@ -63,7 +68,8 @@ def _broadcast(queries: str | Sequence[str], passages: str | Sequence[str]) -> t
 class RerankerForInference(nn.Module):
     """A sequence-classification model with one logit per (query, passage) pair, ready for scoring."""
 
-    def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32"):
+    def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32",
+                 torch_compile: bool = False):
         super().__init__()
         if hf_model.config.num_labels != 1:
             raise ValueError("a reranker has one output logit (num_labels=1), "
@@ -75,14 +81,23 @@ class RerankerForInference(nn.Module):
         self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
         self.max_len = self._check_max_len(max_len or default_max_len(hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
+        # Why the model's own forward is used instead of first-token scoring (None: it is not).
+        self.full_forward_reason = unsupported(self.hf_model)
+        if self.full_forward_reason is None:
+            self._first_token = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
+            if torch_compile:  # one dynamic-shape graph for every batch size and width, compiled at the first batch
+                self._first_token = torch.compile(self._first_token, dynamic=True)
+        elif torch_compile:
+            self.hf_model.compile(dynamic=True)
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
-                        **model_kwargs) -> "RerankerForInference":
+                        torch_compile: bool = False, **model_kwargs) -> "RerankerForInference":
         """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output."""
         hf_model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision)
+        return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
+                   torch_compile=torch_compile)
 
     def _check_max_len(self, max_len: int) -> int:
         if self.max_positions is not None and max_len > self.max_positions:
@@ -121,23 +136,31 @@ class RerankerForInference(nn.Module):
 
     def forward(self, batch):
         """The model output for a tokenized batch; `.logits` has shape (batch, 1)."""
-        batch = {name: value.to(self.device) for name, value in batch.items()}
+        batch = dict(batch)
+        mask = batch.get("attention_mask")
+        if self.full_forward_reason is None and mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+            batch.pop("attention_mask")  # no padding: the same scores without a mask (checked before any copy)
+        batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
         with torch.inference_mode(), self._autocast():
-            return self.hf_model(**batch)
+            if self.full_forward_reason is not None:
+                return self.hf_model(**batch)
+            return SequenceClassifierOutput(logits=self._first_token(**batch))
 
     def score_encoded(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64,
                       bar: tqdm | None = None) -> list[float]:
         """Scores of encoded pairs (PairEncoder output), in input order, computed in length-sorted batches."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        scores = [0.0] * len(pairs)
-        collate = self.encoder().collate
+        collate, pin = self.encoder().collate, self.device.type == "cuda"
+        order, logits = [], []
         for indices in length_sorted_batches([len(ids) for ids, _ in pairs], batch_size):
-            logits = self(collate([pairs[i] for i in indices])).logits[:, 0].float().tolist()
-            for i, value in zip(indices, logits):
-                scores[i] = value
+            logits.append(self(collate([pairs[i] for i in indices], pin_memory=pin)).logits[:, 0].float())
+            order.extend(indices)
             if bar is not None:
                 bar.update(len(indices))
+        scores = [0.0] * len(pairs)
+        for i, value in zip(order, torch.cat(logits).tolist() if logits else []):  # one device sync, at the end
+            scores[i] = value
         return scores
 
     def score(self, queries: str | Sequence[str], passages: str | Sequence[str], batch_size: int = 64,
