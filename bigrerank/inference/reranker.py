@@ -23,6 +23,7 @@ from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_MAX_LEN = 512
+FIRST_TOKEN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
 def default_device() -> torch.device:
@@ -137,12 +138,13 @@ class RerankerForInference(nn.Module):
     def forward(self, batch):
         """The model output for a tokenized batch; `.logits` has shape (batch, 1)."""
         batch = dict(batch)
+        first_token = self.full_forward_reason is None and set(batch) <= FIRST_TOKEN_INPUTS
         mask = batch.get("attention_mask")
-        if self.full_forward_reason is None and mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+        if first_token and mask is not None and mask.device.type == "cpu" and bool(mask.all()):
             batch.pop("attention_mask")  # no padding: the same scores without a mask (checked before any copy)
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
         with torch.inference_mode(), self._autocast():
-            if self.full_forward_reason is not None:
+            if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
                 return self.hf_model(**batch)
             return SequenceClassifierOutput(logits=self._first_token(**batch))
 
