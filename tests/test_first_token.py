@@ -129,3 +129,10 @@ def test_inputs_it_does_not_take_go_through_the_models_own_forward(tmp_path):
         expected = reranker.hf_model(**inputs, position_ids=positions).logits
         assert torch.equal(reranker({**inputs, "position_ids": positions}).logits, expected)
         torch.testing.assert_close(reranker(inputs).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_weights_moved_after_set_up_are_refused_not_silently_mixed(tmp_path):
+    reranker = RerankerForInference.from_pretrained(tiny_model_dir(tmp_path / "model"), max_len=32, device="cpu")
+    reranker.hf_model.to(torch.float64)
+    with pytest.raises(RuntimeError, match="build the RerankerForInference again"):
+        reranker.score("weather in new york", "it is cold")

@@ -89,6 +89,12 @@ class FirstTokenScorer:
             return self.model.classifier(self.base.pooler(hidden))
         return self.model.classifier(hidden)  # these heads read hidden[:, 0]
 
+    def check_weights(self) -> None:
+        """Raise if the model's weights were moved or replaced since (`.to()`, `.half()`, a new state dict)."""
+        if self.layers[0].attention.self.query.weight.data_ptr() != self.qkv[0][0].data_ptr():
+            raise RuntimeError("the model's weights changed after first-token scoring was set up (moved to another "
+                               "device or dtype, or replaced): build the RerankerForInference again")
+
     def _layer(self, layer, qkv, hidden, mask, first_token_only: bool):
         query, key, value = self._linear(hidden, *qkv).split(self.hidden, dim=-1)
         if first_token_only:

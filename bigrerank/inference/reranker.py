@@ -85,9 +85,9 @@ class RerankerForInference(nn.Module):
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)
         if self.full_forward_reason is None:
-            self._first_token = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
-            if torch_compile:  # one dynamic-shape graph for every batch size and width, compiled at the first batch
-                self._first_token = torch.compile(self._first_token, dynamic=True)
+            self._scorer = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
+            # one dynamic-shape graph for every batch size and width, compiled at the first batch
+            self._score_pairs = torch.compile(self._scorer, dynamic=True) if torch_compile else self._scorer
         elif torch_compile:
             self.hf_model.compile(dynamic=True)
 
@@ -146,7 +146,8 @@ class RerankerForInference(nn.Module):
         with torch.inference_mode(), self._autocast():
             if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
                 return self.hf_model(**batch)
-            return SequenceClassifierOutput(logits=self._first_token(**batch))
+            self._scorer.check_weights()
+            return SequenceClassifierOutput(logits=self._score_pairs(**batch))
 
     def score_encoded(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64,
                       bar: tqdm | None = None) -> list[float]:
