@@ -3,8 +3,9 @@
 Input is either JSON lines of pairs (`--input`, optionally with `--ids`) or a first-stage run with its queries
 and corpus (`--run --queries --corpus [--depth]`). Pairs are tokenized in chunks (ahead of the model, in a
 background thread), each chunk is scored in length-sorted, dynamically padded batches. Under `torchrun` or
-`deepspeed` (RANK/WORLD_SIZE set) every rank scores a disjoint shard and rank 0 gathers and writes the file,
-identical to a one-process run. Output rows are grouped by query in input order.
+`deepspeed` (RANK/WORLD_SIZE set) every rank scores a disjoint shard and rank 0 gathers and writes the file:
+the scores of a one-process run, up to the float rounding of other batch shapes (< 1e-6 in the tests). Output
+rows are grouped by query in input order.
 """
 from __future__ import annotations
 
