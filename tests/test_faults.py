@@ -184,3 +184,42 @@ def test_no_checkpoint_is_ever_written_from_non_finite_weights(setup, tmp_path):
         distributed.teardown(wait_for_others=False)
     assert store.complete_tags(out / "checkpoints") == ["step-2"]
     assert not (out / "checkpoints" / "step-4").exists() and not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage,precision", [(2, "fp32"), (3, "bf16"), (0, "bf16")])
+def test_a_non_finite_gradient_with_a_finite_loss_skips_that_update(setup, tmp_path, stage, precision):
+    """DeepSpeed checks the reduced gradients before each update (ZeRO 1-3 in fp32 and bf16, ZeRO-0 in bf16 and
+    fp16): a step whose gradient holds an inf is skipped (weights and schedule unchanged), counted in the log's
+    skipped_steps, and training goes on. (ZeRO-0 in fp32 has no such check: its non-finite weights are refused
+    at the next checkpoint, see the test above.)"""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad, safe_set_full_grad
+
+    tmp, model, train = setup
+    out = tmp_path / f"zero{stage}-{precision}"
+    seen = {"steps": 0, "weights": []}
+
+    def poison_step_two(engine):
+        seen["steps"] += 1
+        weight = engine.module.classifier.weight
+        master = safe_get_full_fp32_param(weight)  # None on ZeRO-0: the module holds the weights
+        seen["weights"].append((weight.detach() if master is None else master).float().clone())  # before the update
+        if seen["steps"] == 2:
+            grad = safe_get_full_grad(weight).clone()
+            grad[0, 0] = float("inf")
+            safe_set_full_grad(weight, grad)
+
+    argv = _argv(model, train, out, "--max_steps", "5", "--save_steps", "1000",
+                 *(["--bf16"] if precision == "bf16" else []))
+    argv[argv.index("--ds_config") + 1] = str(ROOT / f"ds_configs/zero{stage}.json")
+    try:
+        trainer.train(*parse(argv), on_reduced=poison_step_two)
+    finally:
+        distributed.teardown(wait_for_others=False)
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["skipped_steps"] for row in rows] == [0, 1, 1, 1, 1]
+    assert rows[1]["grad_norm"] == float("inf") and all(r["grad_norm"] < float("inf") for r in rows[2:])
+    before_two, before_three, before_five = seen["weights"][1], seen["weights"][2], seen["weights"][4]
+    assert torch.equal(before_two, before_three)  # the poisoned update was not applied
+    assert not torch.equal(before_three, before_five)  # later ones were (the warm-up starts at lr 0)
+    final = load_file(str(out / "model.safetensors"))
+    assert all(torch.isfinite(tensor).all() for tensor in final.values())

@@ -218,9 +218,9 @@ def train(model_args, data_args, args, on_reduced=None):
                 elapsed = time.perf_counter() - window["start"]
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": _reduce_mean(window["loss"]),
                        "lr": engine.get_lr()[0], "grad_norm": norm, "pairs_per_s": pairs / elapsed,
-                       "tokens_per_s": tokens / elapsed}
-                if args.fp16:  # dynamic loss scaling: the current scale and the steps skipped for overflow so far
-                    row.update(loss_scale=float(engine.optimizer.cur_scale), skipped_steps=engine.skipped_steps)
+                       "tokens_per_s": tokens / elapsed, "skipped_steps": engine.skipped_steps}
+                if args.fp16:  # dynamic loss scaling: the current scale
+                    row["loss_scale"] = float(engine.optimizer.cur_scale)
                 if train_log:
                     train_log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
