@@ -3,8 +3,8 @@
 A BERT-style sequence classifier scores a pair from one vector, the last layer's output at the first token
 ([CLS] or <s>). Every earlier layer is needed at all positions (its outputs are the next layer's keys and
 values), but in the last layer only position 0's query, attention output and feed-forward are used. Running
-that layer for the first token alone skips 1/L of the feed-forward and projection work of an L-layer model
-(~14% of MiniLM-L6's multiply-adds, ~7% of BERT-base's) and gives the same scores up to float rounding.
+that layer for the first token alone skips all of its work but the key and value projections: 5/6 of one
+layer in L (~14% of MiniLM-L6's multiply-adds, ~7% of BERT-base's), with the same scores up to float rounding.
 
 Two more changes that keep the arithmetic: each layer's query, key and value projections run as one matmul
 (the three weights become views of one tensor, so no memory is added), and with `unfused_bias` a linear layer
