@@ -48,8 +48,8 @@ class RerankArguments:
     bf16: bool = field(default=False, metadata={"help": "score in bfloat16 (CPU or GPU)"})
     fp16: bool = field(default=False, metadata={"help": "score in float16 (GPU only)"})
     torch_compile: bool = field(default=False, metadata={
-        "help": "compile the model with torch.compile (one dynamic-shape graph, weights frozen): a one-off warm-up "
-                "of 10-30 s, then faster batches; worth it from a few thousand pairs"})
+        "help": "compile the model with torch.compile (one dynamic-shape graph, compiled at the first batch: "
+                "15-30 s on 2 CPU cores); on CPU it pays in bf16, not in fp32; meant for bf16, GPUs and long runs"})
     tokenize_ahead: bool = field(default=True, metadata={
         "help": "tokenize the next chunk in a background thread while the model scores (--no_tokenize_ahead: off)"})
     chunk_size: int = field(default=4096, metadata={"help": "pairs tokenized and length-sorted together"})
