@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from bigrerank import RerankerForInference
 from bigrerank.cli import main as cli
 from bigrerank.inference.candidates import passage_text
+from bigrerank.training.distributed import free_port
 from tests.test_inference import spread_model_dir
 
 QUERIES = {"q1": "weather in new york", "q2": "python code", "q3": "what is cold"}
@@ -222,12 +222,6 @@ def test_bad_model_and_collection_files_are_located(model_dir, collection, tmp_p
     assert rerank(model_dir, *run_args(collection), "--output", tmp_path / "s.tsv", "--max_len", 4096) == 2
     assert "max_len 4096 exceeds the model's 128 positions" in capsys.readouterr().err
     assert_nothing_written(tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_give_the_one_process_result(model_dir, collection, tmp_path):

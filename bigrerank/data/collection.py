@@ -137,6 +137,17 @@ def _parse_rank(path, number: int, value: str) -> int:
     return rank
 
 
+def first_row(path, qid: str, doc_id: str | None = None) -> int | None:
+    """Line number of the first qrels or run row for query `qid` (and document `doc_id`), to locate an error
+    found after parsing; the document is the third column of 4 (TREC qrels) or 6 (TREC run), else the second."""
+    for number, line in iter_lines(path):
+        parts = line.split()
+        doc = parts[2] if len(parts) in (4, 6) else parts[1] if len(parts) > 1 else None
+        if parts[0] == qid and (doc_id is None or doc == doc_id):
+            return number
+    return None
+
+
 def _parse_float(path, number: int, value: str, field: str) -> float:
     try:
         score = float(value)

@@ -22,18 +22,9 @@ from transformers import HfArgumentParser
 from ..atomic import atomic_file
 from ..errors import InputError
 from ..inference.candidates import passage_text
-from .collection import empty_documents, iter_lines, read_corpus, read_qrels, read_queries, read_run
+from .collection import empty_documents, first_row, read_corpus, read_qrels, read_queries, read_run
 
 SUBCOMMANDS = ("train", "rerank")
-
-
-def _locate(path, qid: str, doc_id: str) -> int | None:
-    """Line number of the first row of `path` that names query `qid` and document `doc_id`."""
-    for number, line in iter_lines(path):
-        parts = line.split()
-        if parts and parts[0] == qid and doc_id in parts[1:]:
-            return number
-    return None
 
 
 def check_documents_known(path, table: dict[str, dict | list], corpus: dict, corpus_path) -> None:
@@ -42,7 +33,7 @@ def check_documents_known(path, table: dict[str, dict | list], corpus: dict, cor
         for doc_id in (docs if isinstance(docs, dict) else (d for d, _ in docs)):
             if doc_id not in corpus:
                 raise InputError(path, f"unknown document id '{doc_id}' (not in {corpus_path})",
-                                 _locate(path, qid, doc_id), "corpus-id")
+                                 first_row(path, qid, doc_id), "corpus-id")
 
 
 def report_skipped(skipped: Counter, what: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collection import iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str
+from ..data.collection import first_row, iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str
 from ..errors import InputError
 
 Content = str | list[int]  # text, or token ids without special tokens
@@ -111,16 +111,6 @@ def read_pair_candidates(path, vocab_size: int, ids_path=None) -> list[Candidate
     return group_by_query(candidates)
 
 
-def _run_line(path, qid: str, pid: str | None = None) -> int | None:
-    """Line number of the first run row for `qid` (and `pid`), to locate an error found after parsing."""
-    for number, line in iter_lines(path):
-        parts = line.split()
-        doc = parts[2] if len(parts) == 6 else parts[1] if len(parts) > 1 else None
-        if parts[0] == qid and (pid is None or doc == pid):
-            return number
-    return None
-
-
 def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None = None) -> list[Candidate]:
     """Form (b): each run query's top `depth` documents (all when None), texts from the queries and corpus files."""
     if depth is not None and depth < 1:
@@ -129,11 +119,11 @@ def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None =
     candidates = []
     for qid, ranked in run.items():
         if qid not in queries:
-            raise InputError(run_path, f"query id '{qid}' is not in {queries_path}", _run_line(run_path, qid))
+            raise InputError(run_path, f"query id '{qid}' is not in {queries_path}", first_row(run_path, qid))
         for pid, _ in ranked[:depth]:
             if pid not in corpus:
                 raise InputError(run_path, f"document id '{pid}' is not in {corpus_path}",
-                                 _run_line(run_path, qid, pid))
+                                 first_row(run_path, qid, pid))
             candidates.append(Candidate(qid, pid, queries[qid], passage_text(*corpus[pid])))
     return candidates
 
