@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from .atomic import atomic_file
 from .data.collection import read_corpus, read_qrels, read_queries
+from .evaluation.convert import run_lines
 from .inference.candidates import passage_text
 
 K1, B = 0.9, 0.4
@@ -46,9 +47,7 @@ def bm25_run(corpus: dict[str, tuple[str, str]], queries: dict[str, str], depth:
 def write_trec(run: dict[str, list[tuple[str, float]]], path, name: str = RUN_NAME) -> None:
     """Write a run as TREC lines `qid Q0 docid rank score name` (atomic)."""
     with atomic_file(path, "w", encoding="utf-8") as f:
-        for qid, ranked in run.items():
-            for rank, (doc_id, score) in enumerate(ranked, start=1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {score:.4f} {name}\n")
+        f.writelines(run_lines(run, "trec", name, score_format=".4f"))
 
 
 @dataclass

@@ -36,7 +36,8 @@ def parse_arguments(argv: list[str] | None) -> ConvertArguments:
     return args
 
 
-def run_lines(run: dict[str, list[tuple[str, float]]], fmt: str, run_name: str = "bigrerank"):
+def run_lines(run: dict[str, list[tuple[str, float]]], fmt: str, run_name: str = "bigrerank",
+              score_format: str = ".9g"):
     """Lines of a ranked run ({qid: [(pid, score), ...] best first}) in MS MARCO or TREC format."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got '{fmt}'")
@@ -45,7 +46,7 @@ def run_lines(run: dict[str, list[tuple[str, float]]], fmt: str, run_name: str =
             if fmt == "marco":
                 yield f"{qid}\t{pid}\t{rank}\n"
             else:
-                yield f"{qid} Q0 {pid} {rank} {score:.9g} {run_name}\n"
+                yield f"{qid} Q0 {pid} {rank} {score:{score_format}} {run_name}\n"
 
 
 def convert(scores_path, fmt: str, output_path, run_name: str = "bigrerank") -> int:
