@@ -122,9 +122,10 @@ def _reduce_mean(values: list[float]) -> float:
     return total / count if count else float("nan")
 
 
-def _local_grad_norm(engine) -> float | None:
-    grads = [p.grad.detach().float().norm() ** 2 for p in engine.module.parameters() if p.grad is not None]
-    return math.sqrt(sum(g.item() for g in grads)) if grads else None
+def _module_grad_norm(engine) -> float | None:
+    """Global norm of the module's (reduced) gradients, for ZeRO-0, where DeepSpeed reports none; one sync."""
+    norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return torch.stack(norms).double().norm().item() if norms else None
 
 
 def train(model_args, data_args, args, on_reduced=None):
@@ -170,6 +171,7 @@ def train(model_args, data_args, args, on_reduced=None):
         bar = tqdm(total=total_steps, initial=step, desc="train", disable=not distributed.is_main(), dynamic_ncols=True)
         window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
         nonfinite_in_a_row = 0
+        logs = lambda at_step: at_step % args.logging_steps == 0 or at_step == total_steps  # noqa: E731
         orders: dict[int, object] = {}  # the current epoch's query order
 
         def save(at_step: int) -> Path:
@@ -200,7 +202,8 @@ def train(model_args, data_args, args, on_reduced=None):
                         scope.skip_micro_batch()
                     window["pairs"] += encoded.pairs
                     window["tokens"] += encoded.tokens
-                manual_norm = _local_grad_norm(engine) if ds_config.zero_stage(config) == 0 else None
+                manual_norm = (_module_grad_norm(engine)  # before the update clears the gradients
+                               if ds_config.zero_stage(config) == 0 and logs(step + 1) else None)
             step += 1
             bar.update(1)
             nonfinite_in_a_row = 0 if step_finite else nonfinite_in_a_row + 1
@@ -211,7 +214,7 @@ def train(model_args, data_args, args, on_reduced=None):
                     raise RuntimeError(f"{nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
                                        f"(--max_nonfinite_steps {args.max_nonfinite_steps}); stopping without saving")
 
-            if step % args.logging_steps == 0 or step == total_steps:
+            if logs(step):
                 norm = engine.get_global_grad_norm()
                 norm = manual_norm if norm is None else float(norm)
                 pairs, tokens = distributed.all_reduce([window["pairs"], window["tokens"]])
