@@ -32,7 +32,7 @@ def tag_for(step: int) -> str:
 def weights_finite(engine) -> bool:
     """True when every rank's weights (its ZeRO-3 partitions, or the whole module) are finite."""
     finite = all(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all() for p in engine.module.parameters())
-    return distributed.all_reduce([float(finite)], "min")[0] > 0
+    return distributed.every_rank(finite)
 
 
 def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None,

@@ -22,12 +22,11 @@ def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, mode: StepMode
                        text: bool) -> EncodedMicroBatch:
     """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`."""
     rows = [(query, *local_passages(passages, rank, world, mode.collaborative)) for query, passages in groups]
+    width = len(rows[0][1])
     if text:
         queries = encoder.token_ids([q for q, _, _ in rows])
         passages = encoder.token_ids([p for _, ps, _ in rows for p in ps])
-        width = len(rows[0][1])
         rows = [(queries[i], passages[i * width:(i + 1) * width], real) for i, (_, _, real) in enumerate(rows)]
-    width = len(rows[0][1])
     pairs, real = [], torch.zeros(len(rows), width)
     for i, (query, passages, count) in enumerate(rows):
         pairs.extend(encoder.encode_ids(query, passage) for passage in passages)

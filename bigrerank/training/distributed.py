@@ -63,6 +63,11 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
+def every_rank(flag: bool) -> bool:
+    """True when `flag` holds on every rank (one all-reduce)."""
+    return all_reduce([float(flag)], "min")[0] > 0
+
+
 def main_first(fn):
     """Run `fn` on rank 0, then on the other ranks (to fill a cache once); rank 0's error is raised on all."""
     error, result = None, None

@@ -94,10 +94,6 @@ def _gather_slices(local: torch.Tensor, group_size: int, world: int) -> torch.Te
     return torch.cat([part[:, :w] for part, w in zip(parts, widths)], dim=1)
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    return distributed.all_reduce([float(torch.isfinite(value).all())], "min")[0] > 0
-
-
 def micro_batch_step(engine, batches: list[dict], shape: tuple[int, int], group_size: int, real_width: torch.Tensor,
                      loss_fn, mode: StepMode, backward) -> MicroBatchResult:
     """Forward, loss and backward of one micro-batch.
@@ -124,7 +120,7 @@ def micro_batch_step(engine, batches: list[dict], shape: tuple[int, int], group_
     leaf = scores.detach().requires_grad_(True)
     loss = loss_fn(leaf)
     (score_grad,) = torch.autograd.grad(loss, leaf)
-    finite = _all_finite(loss.detach())
+    finite = distributed.every_rank(bool(torch.isfinite(loss).all()))
     if world > 1:
         start, end = group_slice(group_size, rank, world)
         own = torch.zeros(shape, dtype=score_grad.dtype, device=score_grad.device)
