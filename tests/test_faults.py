@@ -20,7 +20,7 @@ from bigrerank.arguments import parse
 from bigrerank.checkpoints import store
 from bigrerank.training import distributed, trainer
 from bigrerank.training.distributed import free_port
-from tests.dist_harness import run_jobs
+from tests.dist_harness import run_jobs, run_ranks
 from tests.tiny import tiny_model_dir, write_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +184,37 @@ def test_no_checkpoint_is_ever_written_from_non_finite_weights(setup, tmp_path):
         distributed.teardown(wait_for_others=False)
     assert store.complete_tags(out / "checkpoints") == ["step-2"]
     assert not (out / "checkpoints" / "step-4").exists() and not (out / "model.safetensors").exists()
+
+
+def _finite_checks_on_zero3_partitions(argv: list[str], result_file: str):
+    engine = trainer.train(*parse(argv))
+    padded = 0
+    with torch.no_grad():
+        for param in engine.module.parameters():  # padding holds whatever memory held: here, NaN
+            held = store.held_values(param).numel()
+            param.ds_tensor[held:] = float("nan")
+            padded += param.ds_tensor.numel() - held
+    with_nan_padding = store.weights_finite(engine)
+    if distributed.rank() == 1:
+        with torch.no_grad():
+            store.held_values(engine.module.classifier.weight)[-1] = float("nan")
+    with_a_nan_weight = store.weights_finite(engine)
+    totals = distributed.all_reduce([padded], "sum")
+    if distributed.is_main():
+        Path(result_file).write_text(json.dumps([totals[0], with_nan_padding, with_a_nan_weight]))
+
+
+def test_zero3_partition_padding_is_not_checked_as_weights(setup, tmp_path):
+    """ZeRO-3 pads a parameter's last partitions with uninitialised memory (any bits, NaN included): the
+    finite-weights check before each checkpoint reads only the weights, so it is neither fooled by the padding
+    nor blind to a NaN weight on another rank."""
+    tmp, model, train = setup
+    argv = _argv(model, train, tmp_path / "out", "--max_steps", "2", "--save_steps", "1000")
+    argv[argv.index("--ds_config") + 1] = str(ROOT / "ds_configs/zero3.json")
+    run_ranks(2, _finite_checks_on_zero3_partitions, argv, str(tmp_path / "result.json"))
+    padded, with_nan_padding, with_a_nan_weight = json.loads((tmp_path / "result.json").read_text())
+    assert padded > 0  # the classifier bias (1 value) alone pads rank 1's partition
+    assert with_nan_padding is True and with_a_nan_weight is False
 
 
 @pytest.mark.parametrize("stage,precision", [(2, "fp32"), (3, "bf16"), (0, "bf16")])

@@ -29,9 +29,22 @@ def tag_for(step: int) -> str:
     return f"step-{step}"
 
 
+def held_values(param: torch.Tensor) -> torch.Tensor:
+    """The values of `param` this rank holds: its ZeRO-3 partition without the padding, or the whole tensor.
+
+    DeepSpeed pads the last partitions of a parameter whose size the world does not divide with uninitialised
+    memory, which may hold any bit pattern (NaN included): it is not part of the weights.
+    """
+    partition = getattr(param, "ds_tensor", None)
+    if partition is None:
+        return param.detach()
+    start = partition.ds_numel * torch.distributed.get_rank(group=param.ds_process_group)
+    return partition.detach().narrow(0, 0, max(0, min(partition.ds_numel, param.ds_numel - start)))
+
+
 def weights_finite(engine) -> bool:
     """True when every rank's weights (its ZeRO-3 partitions, or the whole module) are finite."""
-    finite = all(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all() for p in engine.module.parameters())
+    finite = all(torch.isfinite(held_values(p)).all() for p in engine.module.parameters())
     return distributed.every_rank(finite)
 
 
