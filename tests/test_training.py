@@ -99,7 +99,7 @@ def test_token_id_beyond_vocabulary(tmp_path, capsys):
                                  "neg": [{"pid": "n", "passage": [7]}]}) + "\n")
     assert cli.main(["train", *_argv(model, train, tmp_path / "out", "zero2", "--max_steps", "1")]) == 2
     err = capsys.readouterr().err
-    assert "groups.jsonl:1: field 'query': token id 99999 >= vocabulary size" in err
+    assert "groups.jsonl:1: field 'query': token id 99999 outside the tokenizer's vocabulary [0, " in err
     assert not (tmp_path / "out").exists()
 
 

@@ -58,6 +58,19 @@ def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = Fa
     return value
 
 
+def require_token_ids(path, number: int, value: list, field: str, vocab_size: int | None) -> list[int]:
+    """A non-empty list of token ids, each an integer in [0, vocab_size), or an InputError naming the field."""
+    if not value:
+        raise InputError(path, "empty token id list", number, field)
+    for token in value:
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise InputError(path, f"expected non-negative integer token ids, got {token!r}", number, field)
+        if vocab_size is not None and token >= vocab_size:
+            raise InputError(path, f"token id {token} outside the tokenizer's vocabulary [0, {vocab_size})",
+                             number, field)
+    return value
+
+
 def _split_tsv(path, number: int, line: str, columns: tuple[int, ...]) -> list[str]:
     parts = line.split("\t")
     if len(parts) not in columns:

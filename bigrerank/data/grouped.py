@@ -16,7 +16,7 @@ from datasets import Dataset, Features, List, Value
 from datasets.exceptions import DatasetGenerationError
 
 from ..errors import InputError
-from .collection import iter_jsonl, require_str
+from .collection import iter_jsonl, require_str, require_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,7 @@ def _content(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int
     if not isinstance(value, list):
         raise InputError(path, f"expected a list of token ids like the file's first line, got {type(value).__name__}",
                          number, field)
-    if not value:
-        raise InputError(path, "empty token list", number, field)
-    for token in value:
-        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
-            raise InputError(path, f"expected non-negative integer token ids, got {token!r}", number, field)
-        if vocab_size is not None and token >= vocab_size:
-            raise InputError(path, f"token id {token} >= vocabulary size {vocab_size}", number, field)
-    return value
+    return require_token_ids(path, number, value, field, vocab_size)
 
 
 def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None) -> list[dict]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collection import first_row, iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str
+from ..data.collection import (first_row, iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str,
+                               require_token_ids)
 from ..errors import InputError
 
 Content = str | list[int]  # text, or token ids without special tokens
@@ -42,15 +43,7 @@ def _content(path, number: int, obj: dict, field: str, vocab_size: int) -> Conte
     """obj[field] as text or as a list of in-vocabulary token ids."""
     value = obj.get(field)
     if isinstance(value, list):
-        if not value:
-            raise InputError(path, "empty token id list", number, field)
-        for token in value:
-            if not isinstance(token, int) or isinstance(token, bool):
-                raise InputError(path, f"token ids must be integers, got {token!r}", number, field)
-            if not 0 <= token < vocab_size:
-                raise InputError(path, f"token id {token} outside the tokenizer's vocabulary [0, {vocab_size})",
-                                 number, field)
-        return value
+        return require_token_ids(path, number, value, field, vocab_size)
     return require_str(path, number, obj, field)
 
 
