@@ -217,12 +217,11 @@ def test_zero3_partition_padding_is_not_checked_as_weights(setup, tmp_path):
     assert with_nan_padding is True and with_a_nan_weight is False
 
 
-@pytest.mark.parametrize("stage,precision", [(2, "fp32"), (3, "bf16"), (0, "bf16")])
+@pytest.mark.parametrize("stage,precision", [(2, "fp32"), (3, "bf16"), (0, "bf16"), (0, "fp32")])
 def test_a_non_finite_gradient_with_a_finite_loss_skips_that_update(setup, tmp_path, stage, precision):
-    """DeepSpeed checks the reduced gradients before each update (ZeRO 1-3 in fp32 and bf16, ZeRO-0 in bf16 and
-    fp16): a step whose gradient holds an inf is skipped (weights and schedule unchanged), counted in the log's
-    skipped_steps, and training goes on. (ZeRO-0 in fp32 has no such check: its non-finite weights are refused
-    at the next checkpoint, see the test above.)"""
+    """A step whose reduced gradient holds an inf is skipped (weights and schedule unchanged), counted in the
+    log's skipped_steps, and training goes on: DeepSpeed's own check (ZeRO 1-3, ZeRO-0 in bf16/fp16), and
+    bigrerank's `skip_non_finite` for ZeRO-0 in fp32, where DeepSpeed steps a plain torch optimizer."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad, safe_set_full_grad
 
     tmp, model, train = setup

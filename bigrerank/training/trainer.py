@@ -24,7 +24,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_reranker, load_tokenizer
-from . import distributed, ds_config
+from . import distributed, ds_config, skip_non_finite
 from .batches import encode_micro_batch
 from .steps import ReductionScope, StepMode, micro_batch_step
 
@@ -86,6 +86,7 @@ def build_engine(model_args, args, world: int, total_steps: int, raw_config: dic
     model = load_reranker(model_args.model_name_or_path, model_args.head_init_std)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
+    skip_non_finite.guard(engine)
     del keep_alive
     return engine, config
 
@@ -174,6 +175,14 @@ def train(model_args, data_args, args, on_reduced=None):
         logs = lambda at_step: at_step % args.logging_steps == 0 or at_step == total_steps  # noqa: E731
         orders: dict[int, object] = {}  # the current epoch's query order
 
+        module_norm = {}  # ZeRO-0, where DeepSpeed reports no gradient norm: the one the update sees
+
+        def before_update(engine) -> None:
+            if on_reduced is not None:
+                on_reduced(engine)
+            if ds_config.zero_stage(config) == 0 and logs(step + 1):
+                module_norm[step + 1] = _module_grad_norm(engine)
+
         def save(at_step: int) -> Path:
             client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
             return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
@@ -185,7 +194,7 @@ def train(model_args, data_args, args, on_reduced=None):
                 orders = {epoch: sampler.epoch_order(epoch)}
             order = orders[epoch]
             step_finite = True
-            with ReductionScope(engine, accum, on_reduced) as scope:
+            with ReductionScope(engine, accum, before_update) as scope:
                 for m in range(first_micro, first_micro + accum):
                     indices = order[m * per_micro:(m + 1) * per_micro]
                     if not args.collaborative:
@@ -202,8 +211,6 @@ def train(model_args, data_args, args, on_reduced=None):
                         scope.skip_micro_batch()
                     window["pairs"] += encoded.pairs
                     window["tokens"] += encoded.tokens
-                manual_norm = (_module_grad_norm(engine)  # before the update clears the gradients
-                               if ds_config.zero_stage(config) == 0 and logs(step + 1) else None)
             step += 1
             bar.update(1)
             nonfinite_in_a_row = 0 if step_finite else nonfinite_in_a_row + 1
@@ -215,8 +222,8 @@ def train(model_args, data_args, args, on_reduced=None):
                                        f"(--max_nonfinite_steps {args.max_nonfinite_steps}); stopping without saving")
 
             if logs(step):
-                norm = engine.get_global_grad_norm()
-                norm = manual_norm if norm is None else float(norm)
+                norm, own_norm = engine.get_global_grad_norm(), module_norm.pop(step, None)
+                norm = own_norm if norm is None else float(norm)
                 pairs, tokens = distributed.all_reduce([window["pairs"], window["tokens"]])
                 elapsed = time.perf_counter() - window["start"]
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": _reduce_mean(window["loss"]),
