@@ -53,7 +53,7 @@ def test_loss_goes_down_on_every_config(data, world):
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("world,config", [(1, "zero0"), (1, "zero2"), (2, "zero3")])
+@pytest.mark.parametrize("world,config", [(1, "zero0"), (1, "zero2"), (2, "zero3"), (1, "zero2_offload"), (2, "zero3_offload")])
 def test_resume_is_exact(tmp_path, world, config):
     """6 steps straight == 3 steps, checkpoint, resume, 3 steps (fp32, dropout on: the RNG is restored too)."""
     model = tiny_model_dir(tmp_path / "model", dropout=0.1, init_range=0.2)
