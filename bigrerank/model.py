@@ -5,17 +5,35 @@ prefixes) and `save_pretrained` output loads in `transformers` unchanged.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from .errors import InputError
+
+
+def _pretrained(load, name_or_path: str, **kwargs):
+    """load.from_pretrained(name_or_path), with a missing or unloadable model as an InputError naming it."""
+    try:
+        return load.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:  # transformers' words for a missing, unreachable or unknown model
+        where = ("not a loadable model directory" if Path(name_or_path).exists()
+                 else "no such directory, and the Hugging Face hub could not provide it")
+        raise InputError(name_or_path, f"{where} ({str(e).splitlines()[0]})") from e
+
+
+def load_config(name_or_path: str, **overrides):
+    return _pretrained(AutoConfig, name_or_path, **overrides)
+
 
 def load_tokenizer(name_or_path: str):
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return _pretrained(AutoTokenizer, name_or_path)
 
 
 def load_reranker(name_or_path: str, head_init_std: float | None = None, **config_overrides) -> PreTrainedModel:
     """Any backbone with a single-logit classification head (a new head when the checkpoint has another)."""
-    config = AutoConfig.from_pretrained(name_or_path, num_labels=1, **config_overrides)
+    config = load_config(name_or_path, num_labels=1, **config_overrides)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
                                                                ignore_mismatched_sizes=True)
     if head_init_std is not None:

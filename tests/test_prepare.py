@@ -204,3 +204,10 @@ def test_documents_without_title_or_text_are_left_out_and_counted(tmp_path, caps
     assert "left out of every group: 1 documents with neither title nor text" in capsys.readouterr().out
     used = {p["pid"] for line in out.read_text().splitlines() for key in ("pos", "neg") for p in json.loads(line)[key]}
     assert used and "d6" not in used
+
+
+def test_a_missing_tokenizer_is_named_and_nothing_is_written(tmp_path, capsys):
+    _write(tmp_path)
+    assert _train(tmp_path, "--tokenizer", str(tmp_path / "no_tokenizer")) == 2
+    assert f"{tmp_path / 'no_tokenizer'}: no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "train.jsonl").exists()

@@ -119,6 +119,17 @@ def test_missing_or_invalid_ds_config(tmp_path, capsys, content, expected):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("make,expected", [(lambda path: None, "no such directory, and the Hugging Face hub could not"),
+                                           (lambda path: path.mkdir(), "not a loadable model directory")])
+def test_missing_or_unloadable_model(tmp_path, capsys, make, expected):
+    train = write_groups(tmp_path / "groups.jsonl", queries=8)
+    make(tmp_path / "no_model")
+    assert cli.main(["train", *_argv(tmp_path / "no_model", train, tmp_path / "out", "zero2", "--max_steps", "1")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'no_model'}: {expected}" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_wandb_logs_offline(data, tmp_path, monkeypatch):
     _, model, train = data
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -52,11 +52,11 @@ class Tokenization:
 def tokenize_texts(texts: list[str], options: Tokenization) -> list[list[int]]:
     """Token ids (no special tokens, cut to max_len) of each text, in parallel with datasets.map."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
+    from ..model import load_tokenizer
     from .pairs import PairEncoder
 
-    encoder = PairEncoder(AutoTokenizer.from_pretrained(options.tokenizer), options.max_len)
+    encoder = PairEncoder(load_tokenizer(options.tokenizer), options.max_len)
     table = Dataset.from_dict({"text": texts}).map(
         lambda batch: {"ids": encoder.token_ids(batch["text"])}, batched=True, batch_size=1000,
         num_proc=options.num_proc if options.num_proc > 1 else None, remove_columns=["text"], desc="tokenizing")

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from .. import losses
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
-from ..data.grouped import GroupSampler, is_text, load_groups
+from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
-from ..model import load_reranker, load_tokenizer
+from ..model import load_config, load_reranker, load_tokenizer
 from . import distributed, ds_config, skip_non_finite
 from .batches import encode_micro_batch
 from .steps import ReductionScope, StepMode, micro_batch_step
@@ -76,10 +76,9 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def build_engine(model_args, args, world: int, total_steps: int, raw_config: dict):
     import deepspeed
-    from transformers import AutoConfig
     from transformers.integrations import HfDeepSpeedConfig
 
-    hidden = getattr(AutoConfig.from_pretrained(model_args.model_name_or_path), "hidden_size", None)
+    hidden = getattr(load_config(model_args.model_name_or_path), "hidden_size", None)
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
@@ -134,10 +133,12 @@ def train(model_args, data_args, args, on_reduced=None):
 
     `on_reduced(engine)` (optional) sees each step's reduced gradients before the update.
     """
+    raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
+    data_files(data_args.train_path)
+    load_config(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
-    raw_config = ds_config.load(args.ds_config)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
         lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size))
     text = is_text(dataset)
