@@ -1,13 +1,16 @@
 """Grouped training data: both formats give the same pairs; sampling is deterministic per (seed, epoch, query)."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
+import pytest
 
 from bigrerank.data import grouped
 from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
+from bigrerank.errors import InputError
 from bigrerank.training.batches import encode_micro_batch
 from bigrerank.training.steps import StepMode
 from tests.tiny import tiny_tokenizer, write_groups
@@ -54,3 +57,44 @@ def test_too_few_negatives_are_sampled_with_replacement_and_said_once(tmp_path, 
     assert "query q0 has 2 negatives, fewer than the 5" in caplog.text
     for i, (_, passages) in enumerate(groups):
         assert len(passages) == 6 and set(passages[1:]) <= {n["passage"] for n in dataset[i]["neg"]}
+
+
+def _as_flag_embedding(reranker_file, flag_file):
+    """The same groups in FlagEmbedding's layout, with its optional keys that bigrerank ignores."""
+    lines = []
+    for line in reranker_file.read_text().splitlines():
+        obj = json.loads(line)
+        lines.append(json.dumps({"query": obj["qry"]["query"], "pos": [p["passage"] for p in obj["pos"]],
+                                 "neg": [n["passage"] for n in obj["neg"]], "pos_scores": [1.0] * len(obj["pos"]),
+                                 "neg_scores": [0.0] * len(obj["neg"]), "prompt": "Is the passage relevant?"}))
+    flag_file.write_text("\n".join(lines) + "\n")
+    return flag_file
+
+
+def test_flag_embedding_layout_gives_the_same_groups(tmp_path):
+    tokenizer = tiny_tokenizer()
+    for ids in (None, tokenizer):
+        reranker = write_groups(tmp_path / "reranker.jsonl", 8, negatives=5, as_ids_of=ids)
+        flag = _as_flag_embedding(reranker, tmp_path / "flag.jsonl")
+        a = load_groups(reranker, len(tokenizer), 4, str(tmp_path / "c"))
+        b = load_groups(flag, len(tokenizer), 4, str(tmp_path / "c"))
+        assert grouped.is_text(a) == grouped.is_text(b) == (ids is None)
+        assert [GroupSampler(a, 4, 3).group(i, 1) for i in range(8)] == [GroupSampler(b, 4, 3).group(i, 1)
+                                                                         for i in range(8)]
+        assert b[2]["qid"] == "flag.jsonl:3" and [n["pid"] for n in b[2]["neg"]] == [f"neg{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("line,expected", [
+    ({"query": "a b", "pos": ["c", 7], "neg": ["d"]}, "flag.jsonl:2: field 'pos[1]': expected text"),
+    ({"query": "a b", "neg": ["d"]}, "flag.jsonl:2: field 'pos': missing or not a list"),
+    ({"query": "a b", "pos": ["c"], "neg": []}, "flag.jsonl:2: field 'neg': no negative passages"),
+    ({"query": "", "pos": ["c"], "neg": ["d"]}, "flag.jsonl:2: field 'query': empty"),
+    ({"question": "a b", "pos": ["c"], "neg": ["d"]}, "flag.jsonl:2: field 'qry': missing: expected 'qry'"),
+])
+def test_flag_embedding_layout_errors_name_file_line_and_field(tmp_path, line, expected):
+    good = {"query": "x y", "pos": ["z"], "neg": ["w"]}
+    path = tmp_path / "flag.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(InputError) as error:
+        load_groups(path, None, 4, str(tmp_path / "c"))
+    assert expected in str(error.value)

@@ -1,8 +1,12 @@
-"""Grouped training data (the original Reranker's format) as memory-mapped Arrow, and group sampling.
+"""Grouped training data (the original Reranker's or FlagEmbedding's layout) as memory-mapped Arrow, and group
+sampling.
 
-One JSON object a line: {"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [{"pid", "passage"}]},
-where query and passage are token ids without special tokens, or text. Every line is validated while
-the file is converted (once; cached by `datasets`), so a bad line is reported with its file and number.
+One JSON object a line, in either layout (line by line):
+- the original Reranker's: {"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [{"pid", "passage"}]};
+- FlagEmbedding's reranker data: {"query", "pos": [passage], "neg": [passage]} (other keys ignored); its
+  queries get the id `<file name>:<line>` and its passages `pos<i>`/`neg<i>`.
+Query and passage are token ids without special tokens, or text. Every line is validated while the file is
+converted (once; cached by `datasets`), so a bad line is reported with its file and number.
 Each step a query gets 1 positive and group_size-1 negatives, drawn deterministically from
 (seed, epoch, query index): identical on every rank and after a resume.
 """
@@ -34,17 +38,23 @@ def data_files(path) -> list[Path]:
     return [path]
 
 
+def _query_holder(obj: dict) -> dict:
+    """The object holding the query: `qry` in the Reranker's layout, the line itself in FlagEmbedding's."""
+    return obj["qry"] if "qry" in obj else obj
+
+
 def detect_format(files: list[Path]) -> str:
     """'ids' when the first record's query is a list of token ids, 'text' when it is a string."""
     for file in files:
         for number, obj in iter_jsonl(file):
-            qry = obj.get("qry")
-            query = qry.get("query") if isinstance(qry, dict) else None
+            holder = _query_holder(obj)
+            query = holder.get("query") if isinstance(holder, dict) else None
             if isinstance(query, list):
                 return "ids"
             if isinstance(query, str):
                 return "text"
-            raise InputError(file, "expected an object with a 'query' string or token-id list", number, "qry")
+            raise InputError(file, "expected a 'query' string or token-id list (in 'qry' for the Reranker's layout)",
+                             number, "qry" if "qry" in obj else "query")
     raise InputError(files[0], "no training examples")
 
 
@@ -55,10 +65,14 @@ def features(fmt: str) -> Features:
 
 
 def _content(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None):
-    """A query/passage body in the file's format: non-empty text, or token ids within the vocabulary."""
+    """obj[field], a query/passage body in the file's format."""
     if field not in obj:
         raise InputError(path, "missing", number, field)
-    value = obj[field]
+    return _body(path, number, obj[field], field, fmt, vocab_size)
+
+
+def _body(path, number: int, value, field: str, fmt: str, vocab_size: int | None):
+    """A query/passage body in the file's format: non-empty text, or token ids within the vocabulary."""
     if fmt == "text":
         if not isinstance(value, str):
             raise InputError(path, f"expected text like the file's first line, got {type(value).__name__}", number, field)
@@ -71,13 +85,17 @@ def _content(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int
     return require_token_ids(path, number, value, field, vocab_size)
 
 
-def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None) -> list[dict]:
+def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None, bare: bool) -> list[dict]:
+    """obj[field] as [{"pid", "passage"}]: objects in the Reranker's layout, bare bodies (`bare`) in FlagEmbedding's."""
     items = obj.get(field)
     if not isinstance(items, list):
         raise InputError(path, "missing or not a list", number, field)
     out = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
+        if bare:
+            out.append({"pid": f"{field}{i}", "passage": _body(path, number, item, where, fmt, vocab_size)})
+            continue
         if not isinstance(item, dict):
             raise InputError(path, "expected an object with 'pid' and 'passage'", number, where)
         out.append({"pid": require_str(path, number, item, "pid"),
@@ -86,13 +104,19 @@ def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: in
 
 
 def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None, need_negatives: bool) -> dict:
-    qry = obj.get("qry")
+    if "qry" not in obj and "query" not in obj:
+        raise InputError(path, "missing: expected 'qry' (the Reranker's layout) or 'query' (FlagEmbedding's)",
+                         number, "qry")
+    bare = "qry" not in obj  # FlagEmbedding's layout
+    qry = _query_holder(obj)
     if not isinstance(qry, dict):
         raise InputError(path, "missing or not an object", number, "qry")
-    record = {"qid": require_str(path, number, qry, "qid"),
+    qid = f"{Path(path).name}:{number}" if bare else require_str(path, number, qry, "qid")
+    record = {"qid": qid,
               "query": _content(path, number, qry, "query", fmt, vocab_size),
-              "pos": _passages(path, number, obj, "pos", fmt, vocab_size),
-              "neg": _passages(path, number, obj, "neg", fmt, vocab_size) if "neg" in obj or need_negatives else []}
+              "pos": _passages(path, number, obj, "pos", fmt, vocab_size, bare),
+              "neg": (_passages(path, number, obj, "neg", fmt, vocab_size, bare)
+                      if "neg" in obj or need_negatives else [])}
     if not record["pos"]:
         raise InputError(path, "no positive passage", number, "pos")
     if need_negatives and not record["neg"]:
