@@ -14,6 +14,7 @@ from bigrerank.inference.candidates import read_pair_candidates
 VOCAB = 50
 GOOD_GROUP = {"qry": {"qid": "q1", "query": [5, 6]}, "pos": [{"pid": "p1", "passage": [7, 8]}],
               "neg": [{"pid": "n1", "passage": [9]}, {"pid": "n2", "passage": [10, 11]}]}
+GOOD_FLAG = {"query": [5, 6], "pos": [[7, 8]], "neg": [[9], [10, 11]]}  # FlagEmbedding's layout
 GOOD_PAIR = {"qid": "q1", "pid": "p1", "qry": [5, 6], "psg": [7, 8]}
 ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
                        st.text(max_size=5), st.lists(st.integers(-5, 10**20), max_size=3),
@@ -30,8 +31,9 @@ def _mutate(record: dict, path: list, value) -> dict:
     return record
 
 
-GROUP_PATHS = [["qry"], ["qry", "qid"], ["qry", "query"], ["pos"], ["pos", 0], ["pos", 0, "pid"],
-               ["pos", 0, "passage"], ["neg"], ["neg", 1, "passage"]]
+GROUP_CASES = [(GOOD_GROUP, path) for path in (["qry"], ["qry", "qid"], ["qry", "query"], ["pos"], ["pos", 0],
+                                                ["pos", 0, "pid"], ["pos", 0, "passage"], ["neg"], ["neg", 1, "passage"])]
+GROUP_CASES += [(GOOD_FLAG, path) for path in (["query"], ["pos"], ["pos", 0], ["neg"], ["neg", 1])]
 PAIR_PATHS = [["qid"], ["pid"], ["qry"], ["psg"]]
 
 
@@ -53,11 +55,12 @@ def _check(path, reader):
 
 
 @FUZZ
-@given(where=st.sampled_from(GROUP_PATHS), value=ODD_VALUES)
-def test_grouped_format_wrong_types(tmp_path_factory, where, value):
+@given(case=st.sampled_from(GROUP_CASES), value=ODD_VALUES)
+def test_grouped_format_wrong_types(tmp_path_factory, case, value):
+    good, where = case
     tmp = tmp_path_factory.mktemp("g")
     path = tmp / "train.jsonl"
-    path.write_text(json.dumps(GOOD_GROUP) + "\n" + json.dumps(_mutate(GOOD_GROUP, where, value)) + "\n")
+    path.write_text(json.dumps(good) + "\n" + json.dumps(_mutate(good, where, value)) + "\n")
     _check(path, lambda: load_groups(path, VOCAB, 3, cache_dir=str(tmp / "cache")))
 
 
