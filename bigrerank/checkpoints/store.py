@@ -33,13 +33,14 @@ def held_values(param: torch.Tensor) -> torch.Tensor:
     """The values of `param` this rank holds: its ZeRO-3 partition without the padding, or the whole tensor.
 
     DeepSpeed pads the last partitions of a parameter whose size the world does not divide with uninitialised
-    memory, which may hold any bit pattern (NaN included): it is not part of the weights.
+    memory, which may hold any bit pattern (NaN included): it is not part of the weights. A partition swapped
+    out to NVMe holds nothing in memory: empty.
     """
     partition = getattr(param, "ds_tensor", None)
     if partition is None:
         return param.detach()
     start = partition.ds_numel * torch.distributed.get_rank(group=param.ds_process_group)
-    return partition.detach().narrow(0, 0, max(0, min(partition.ds_numel, param.ds_numel - start)))
+    return partition.detach().narrow(0, 0, max(0, min(partition.numel(), param.ds_numel - start)))
 
 
 def weights_finite(engine) -> bool:
