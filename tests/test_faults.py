@@ -253,3 +253,18 @@ def test_a_non_finite_gradient_with_a_finite_loss_skips_that_update(setup, tmp_p
     assert not torch.equal(before_three, before_five)  # later ones were (the warm-up starts at lr 0)
     final = load_file(str(out / "model.safetensors"))
     assert all(torch.isfinite(tensor).all() for tensor in final.values())
+
+
+def test_skip_non_finite_updates_leaves_weights_and_optimizer_state_alone():
+    from bigrerank.training.skip_non_finite import SkipNonFiniteUpdates
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = SkipNonFiniteUpdates(torch.optim.AdamW([weight], lr=0.1))
+    weight.grad = torch.tensor([1.0, float("nan"), 1.0])
+    optimizer.step()
+    assert optimizer.overflow and torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state
+    weight.grad = torch.tensor([1.0, 2.0, 3.0])
+    optimizer.step()
+    assert not optimizer.overflow and not torch.equal(weight.detach(), torch.ones(3))
+    assert optimizer.state[weight]["step"] == 1  # the skipped step was not counted
+    assert optimizer.state_dict()["state"][0]["step"] == 1  # delegated: DeepSpeed checkpoints it

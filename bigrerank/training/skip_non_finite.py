@@ -21,6 +21,8 @@ class SkipNonFiniteUpdates:
         self.overflow = False
 
     def __getattr__(self, name):  # param_groups, state, state_dict, load_state_dict, zero_grad, ...
+        if name == "optimizer":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.optimizer, name)
 
     def step(self, closure=None):
