@@ -49,8 +49,10 @@ class TrainingArguments:
     run_name: Optional[str] = None
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest complete one."})
-    loss: str = field(default="lce", metadata={"help": "lce (listwise, default) or bce (pointwise baseline)."})
-    temperature: float = field(default=1.0, metadata={"help": "LCE softmax temperature."})
+    loss: str = field(default="lce", metadata={
+        "help": "lce (listwise, default), distill (listwise, the teacher's scores as soft target: the data must "
+                "carry them) or bce (pointwise baseline)."})
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the student's scores."})
     collaborative: bool = field(
         default=False, metadata={"help": "Split each query's group across the data-parallel ranks."})
     grad_cache_chunk_size: int = field(
@@ -62,8 +64,8 @@ class TrainingArguments:
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher."})
 
     def __post_init__(self):
-        if self.loss not in ("lce", "bce"):
-            raise ValueError(f"--loss must be lce or bce, got '{self.loss}'")
+        if self.loss not in ("lce", "distill", "bce"):
+            raise ValueError(f"--loss must be lce, distill or bce, got '{self.loss}'")
         if self.report_to not in ("wandb", "none"):
             raise ValueError(f"--report_to must be wandb or none, got '{self.report_to}'")
         if self.bf16 and self.fp16:

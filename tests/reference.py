@@ -1,4 +1,5 @@
-"""An independent plain-PyTorch LCE reference: one process, full groups, torch AdamW, no DeepSpeed engine."""
+"""An independent plain-PyTorch reference (LCE or another group loss): one process, full groups, torch AdamW,
+no DeepSpeed engine."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ from transformers import AutoTokenizer
 
 from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
-from bigrerank.losses import LOSSES
+from bigrerank.losses import group_loss
 from bigrerank.model import load_reranker
 from bigrerank.training.trainer import param_groups
 
@@ -33,13 +34,15 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
         epoch, first = divmod(step * accum, steps_per_epoch * accum)
         order = sampler.epoch_order(epoch)
         for m in range(first, first + accum):
-            groups = [sampler.group(i, epoch) for i in order[m * queries_per_micro:(m + 1) * queries_per_micro]]
+            indices = order[m * queries_per_micro:(m + 1) * queries_per_micro]
+            groups = [sampler.group(i, epoch) for i in indices]
+            teacher = torch.tensor([sampler.teacher_scores(i, epoch) for i in indices]) if loss == "distill" else None
             pairs = []
             for query, passages in groups:
                 q_ids, *p_ids = encoder.token_ids([query, *passages]) if isinstance(query, str) else [query, *passages]
                 pairs.extend(encoder.encode_ids(q_ids, p) for p in p_ids)
             scores = model(**encoder.collate(pairs)).logits.view(len(groups), group_size)
-            (LOSSES[loss](scores) / accum).backward()
+            (group_loss(loss, 1.0, teacher)(scores) / accum).backward()
         gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()

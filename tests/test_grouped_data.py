@@ -13,7 +13,7 @@ from bigrerank.data.pairs import PairEncoder
 from bigrerank.errors import InputError
 from bigrerank.training.batches import encode_micro_batch
 from bigrerank.training.steps import StepMode
-from tests.tiny import tiny_tokenizer, write_groups
+from tests.tiny import tiny_tokenizer, with_teacher_scores, write_groups
 
 
 def test_token_id_and_text_formats_give_the_same_input_ids(tmp_path):
@@ -98,3 +98,43 @@ def test_flag_embedding_layout_errors_name_file_line_and_field(tmp_path, line, e
     with pytest.raises(InputError) as error:
         load_groups(path, None, 4, str(tmp_path / "c"))
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_teacher_scores_follow_the_sampled_passages(tmp_path, flag):
+    path = with_teacher_scores(write_groups(tmp_path / "g.jsonl", 6, negatives=5), flag)
+    dataset = load_groups(path, None, 4, str(tmp_path / "c"), need_scores=True)
+    sampler = GroupSampler(dataset, 4, seed=2)
+    for index in range(6):
+        row = dataset[index]
+        by_passage = {p["passage"]: p["score"] for p in row["pos"] + row["neg"]}
+        query, passages = sampler.group(index, 3)
+        assert sampler.teacher_scores(index, 3) == [by_passage[p] for p in passages]
+        assert sampler.teacher_scores(index, 3)[0] == 100.0 * index  # the positive's
+
+
+@pytest.mark.parametrize("line,expected", [
+    ({"query": "a b", "pos": ["c"], "neg": ["d", "e"]}, "field 'pos_scores': missing (--loss distill needs"),
+    ({"query": "a b", "pos": ["c"], "neg": ["d", "e"], "pos_scores": [1], "neg_scores": [0.5]},
+     "field 'neg_scores': expected a list of 2 teacher scores, one per 'neg' passage"),
+    ({"query": "a b", "pos": ["c"], "neg": ["d"], "pos_scores": [1], "neg_scores": ["high"]},
+     "field 'neg_scores[0]': expected a finite number (a teacher score), got 'high'"),
+    ({"qry": {"qid": "q", "query": "a"}, "pos": [{"pid": "p", "passage": "c", "score": 2}],
+      "neg": [{"pid": "n", "passage": "d"}]}, "field 'neg[0].score': missing (--loss distill needs"),
+    ({"qry": {"qid": "q", "query": "a"}, "pos": [{"pid": "p", "passage": "c", "score": float("nan")}],
+      "neg": [{"pid": "n", "passage": "d", "score": 1}]}, "field 'pos[0].score': expected a finite number"),
+])
+def test_missing_or_bad_teacher_scores_are_located(tmp_path, line, expected):
+    good = {"query": "x y", "pos": ["z"], "neg": ["w"], "pos_scores": [1.0], "neg_scores": [0.0]}
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(InputError) as error:
+        load_groups(path, None, 2, str(tmp_path / "c"), need_scores=True)
+    assert f"t.jsonl:2: {expected}" in str(error.value)
+
+
+def test_teacher_scores_are_optional_unless_the_loss_reads_them(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"query": "x y", "pos": ["z"], "neg": ["w"]}) + "\n")
+    dataset = load_groups(path, None, 2, str(tmp_path / "c"))
+    assert GroupSampler(dataset, 2, seed=0).teacher_scores(0, 0) == [None, None]

@@ -1,4 +1,4 @@
-"""LCE and BCE on (queries, group) scores with the positive first."""
+"""LCE, distillation and BCE on (queries, group) scores with the positive first."""
 import math
 
 import torch
@@ -25,3 +25,19 @@ def test_bce_labels_the_positive_one_and_the_negatives_zero():
     sig = torch.sigmoid
     expected = -(torch.log(sig(torch.tensor(3.0))) + torch.log(1 - sig(torch.tensor(-2.0)))) / 2
     assert torch.isclose(bce_loss(scores), expected)
+
+
+def test_distill_is_the_cross_entropy_to_the_teachers_group_softmax():
+    from bigrerank.losses import distill_loss
+
+    scores, teacher = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[1.0, 3.0, 0.0]])
+    target = [math.exp(t) / (math.e + math.exp(3) + 1) for t in (1.0, 3.0, 0.0)]
+    log_p = [s - math.log(math.exp(2) + 1 + math.exp(-1)) for s in (2.0, 0.0, -1.0)]
+    assert torch.isclose(distill_loss(scores, teacher), torch.tensor(-sum(t * lp for t, lp in zip(target, log_p))))
+    assert torch.isclose(distill_loss(scores, teacher, temperature=0.5), distill_loss(scores * 2, teacher))
+    # a confident teacher that ranks the positive first is LCE; its gradient is softmax(scores) - softmax(teacher)
+    confident = torch.tensor([[60.0, 0.0, 0.0]])
+    assert torch.isclose(distill_loss(scores, confident), lce_loss(scores))
+    leaf = scores.clone().requires_grad_(True)
+    distill_loss(leaf, teacher).backward()
+    assert torch.allclose(leaf.grad, torch.softmax(scores, -1) - torch.softmax(teacher, -1), atol=1e-6)

@@ -81,3 +81,23 @@ def write_beir(directory, corpus: dict[str, tuple[str, str]], queries: dict[str,
     with open(directory / "queries.jsonl", "w") as f:
         for qid, text in queries.items():
             f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+
+
+def with_teacher_scores(path, flag: bool = False):
+    """Give every passage of a write_groups file a distinct teacher score, 100 * line + passage index, in the
+    Reranker's layout (`score` per passage) or, with `flag`, FlagEmbedding's (`pos_scores`/`neg_scores`)."""
+    import json
+
+    lines = []
+    for number, line in enumerate(path.read_text().splitlines()):
+        obj = json.loads(line)
+        passages = obj["pos"] + obj["neg"]
+        for i, passage in enumerate(passages):
+            passage["score"] = 100.0 * number + i
+        if flag:
+            obj = {"query": obj["qry"]["query"], "pos": [p["passage"] for p in obj["pos"]],
+                   "neg": [n["passage"] for n in obj["neg"]], "pos_scores": [p["score"] for p in obj["pos"]],
+                   "neg_scores": [n["score"] for n in obj["neg"]]}
+        lines.append(json.dumps(obj))
+    path.write_text("\n".join(lines) + "\n")
+    return path

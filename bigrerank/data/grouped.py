@@ -2,17 +2,21 @@
 sampling.
 
 One JSON object a line, in either layout (line by line):
-- the original Reranker's: {"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [{"pid", "passage"}]};
-- FlagEmbedding's reranker data: {"query", "pos": [passage], "neg": [passage]} (other keys ignored); its
-  queries get the id `<file name>:<line>` and its passages `pos<i>`/`neg<i>`.
-Query and passage are token ids without special tokens, or text. Every line is validated while the file is
-converted (once; cached by `datasets`), so a bad line is reported with its file and number.
+- the original Reranker's: {"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [{"pid", "passage"}]},
+  each passage optionally with a teacher "score";
+- FlagEmbedding's reranker data: {"query", "pos": [passage], "neg": [passage]}, optionally with teacher scores
+  "pos_scores"/"neg_scores" (other keys ignored); its queries get the id `<file name>:<line>` and its passages
+  `pos<i>`/`neg<i>`.
+Query and passage are token ids without special tokens, or text; teacher scores (for `--loss distill`) are
+numbers. Every line is validated while the file is converted (once; cached by `datasets`), so a bad line is
+reported with its file and number.
 Each step a query gets 1 positive and group_size-1 negatives, drawn deterministically from
 (seed, epoch, query index): identical on every rank and after a resume.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +64,7 @@ def detect_format(files: list[Path]) -> str:
 
 def features(fmt: str) -> Features:
     content = List(Value("int32")) if fmt == "ids" else Value("string")
-    passage = {"pid": Value("string"), "passage": content}
+    passage = {"pid": Value("string"), "passage": content, "score": Value("float64")}
     return Features({"qid": Value("string"), "query": content, "pos": List(passage), "neg": List(passage)})
 
 
@@ -85,25 +89,52 @@ def _body(path, number: int, value, field: str, fmt: str, vocab_size: int | None
     return require_token_ids(path, number, value, field, vocab_size)
 
 
-def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None, bare: bool) -> list[dict]:
-    """obj[field] as [{"pid", "passage"}]: objects in the Reranker's layout, bare bodies (`bare`) in FlagEmbedding's."""
+def _score(path, number: int, value, field: str, required: bool) -> float | None:
+    """A teacher score: a finite number, or None when absent (an error when `required`)."""
+    if value is None:
+        if required:
+            raise InputError(path, "missing (--loss distill needs a teacher score for every passage)", number, field)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(path, f"expected a finite number (a teacher score), got {value!r}", number, field)
+    return float(value)
+
+
+def _bare_scores(path, number: int, obj: dict, field: str, count: int, required: bool) -> list:
+    """FlagEmbedding's `<field>_scores`: one teacher score per passage, or None each when absent."""
+    name = f"{field}_scores"
+    scores = obj.get(name)
+    if scores is None:
+        return [_score(path, number, None, name, required) for _ in range(count)]
+    if not isinstance(scores, list) or len(scores) != count:
+        raise InputError(path, f"expected a list of {count} teacher scores, one per '{field}' passage", number, name)
+    return [_score(path, number, value, f"{name}[{i}]", required) for i, value in enumerate(scores)]
+
+
+def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None, bare: bool,
+              need_scores: bool) -> list[dict]:
+    """obj[field] as [{"pid", "passage", "score"}]: objects in the Reranker's layout, bare bodies (`bare`) in
+    FlagEmbedding's."""
     items = obj.get(field)
     if not isinstance(items, list):
         raise InputError(path, "missing or not a list", number, field)
+    if bare:
+        scores = _bare_scores(path, number, obj, field, len(items), need_scores)
+        return [{"pid": f"{field}{i}", "passage": _body(path, number, item, f"{field}[{i}]", fmt, vocab_size),
+                 "score": score} for i, (item, score) in enumerate(zip(items, scores))]
     out = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
-        if bare:
-            out.append({"pid": f"{field}{i}", "passage": _body(path, number, item, where, fmt, vocab_size)})
-            continue
         if not isinstance(item, dict):
             raise InputError(path, "expected an object with 'pid' and 'passage'", number, where)
         out.append({"pid": require_str(path, number, item, "pid"),
-                    "passage": _content(path, number, item, "passage", fmt, vocab_size)})
+                    "passage": _content(path, number, item, "passage", fmt, vocab_size),
+                    "score": _score(path, number, item.get("score"), f"{where}.score", need_scores)})
     return out
 
 
-def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None, need_negatives: bool) -> dict:
+def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None, need_negatives: bool,
+                 need_scores: bool = False) -> dict:
     if "qry" not in obj and "query" not in obj:
         raise InputError(path, "missing: expected 'qry' (the Reranker's layout) or 'query' (FlagEmbedding's)",
                          number, "qry")
@@ -114,8 +145,8 @@ def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None,
     qid = f"{Path(path).name}:{number}" if bare else require_str(path, number, qry, "qid")
     record = {"qid": qid,
               "query": _content(path, number, qry, "query", fmt, vocab_size),
-              "pos": _passages(path, number, obj, "pos", fmt, vocab_size, bare),
-              "neg": (_passages(path, number, obj, "neg", fmt, vocab_size, bare)
+              "pos": _passages(path, number, obj, "pos", fmt, vocab_size, bare, need_scores),
+              "neg": (_passages(path, number, obj, "neg", fmt, vocab_size, bare, need_scores)
                       if "neg" in obj or need_negatives else [])}
     if not record["pos"]:
         raise InputError(path, "no positive passage", number, "pos")
@@ -124,15 +155,19 @@ def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None,
     return record
 
 
-def _records(files: list[str], stamps: list, fmt: str, vocab_size: int | None, need_negatives: bool):
+def _records(files: list[str], stamps: list, fmt: str, vocab_size: int | None, need_negatives: bool,
+             need_scores: bool):
     del stamps  # only part of the cache fingerprint: a changed file is converted again
     for file in files:
         for number, obj in iter_jsonl(file):
-            yield parse_record(file, number, obj, fmt, vocab_size, need_negatives)
+            yield parse_record(file, number, obj, fmt, vocab_size, need_negatives, need_scores)
 
 
-def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_dir: str | None = None) -> Dataset:
-    """Validate and convert the training data once into a memory-mapped Arrow dataset (cached by `datasets`)."""
+def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_dir: str | None = None,
+                need_scores: bool = False) -> Dataset:
+    """Validate and convert the training data once into a memory-mapped Arrow dataset (cached by `datasets`).
+
+    `need_scores`: every passage must carry a teacher score (for `--loss distill`)."""
     files = data_files(path)
     fmt = detect_format(files)
     stamps = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
@@ -140,7 +175,7 @@ def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_
         dataset = Dataset.from_generator(
             _records, features=features(fmt), cache_dir=cache_dir,
             gen_kwargs={"files": [str(f.resolve()) for f in files], "stamps": stamps, "fmt": fmt,
-                        "vocab_size": vocab_size, "need_negatives": group_size > 1})
+                        "vocab_size": vocab_size, "need_negatives": group_size > 1, "need_scores": need_scores})
     except DatasetGenerationError as e:
         cause = e.__cause__ or e.__context__
         if isinstance(cause, InputError):
@@ -171,9 +206,18 @@ class GroupSampler:
 
     def group(self, index: int, epoch: int) -> tuple:
         """(query, [passage] * group_size) with the positive first; query/passages are ids or text."""
+        row, drawn = self._draw(index, epoch)
+        return row["query"], [passage["passage"] for passage in drawn]
+
+    def teacher_scores(self, index: int, epoch: int) -> list[float]:
+        """The teacher scores of `group(index, epoch)`'s passages, in the same order."""
+        return [passage["score"] for passage in self._draw(index, epoch)[1]]
+
+    def _draw(self, index: int, epoch: int) -> tuple[dict, list[dict]]:
+        """(row, [passage record] * group_size): the positive, then the negatives drawn for (seed, epoch, index)."""
         row = self.dataset[int(index)]
         rng = np.random.default_rng([self.seed, epoch, int(index)])
-        positive = row["pos"][rng.integers(len(row["pos"]))]["passage"]
+        positive = row["pos"][rng.integers(len(row["pos"]))]
         wanted, negatives = self.group_size - 1, row["neg"]
         if wanted == 0:
             chosen = []
@@ -185,4 +229,4 @@ class GroupSampler:
                 self._said_replacement = True
                 log.warning("query %s has %d negatives, fewer than the %d a group needs: negatives of such queries "
                             "are sampled with replacement (said once)", row["qid"], len(negatives), wanted)
-        return row["query"], [positive, *(negatives[int(i)]["passage"] for i in chosen)]
+        return row, [positive, *(negatives[int(i)] for i in chosen)]

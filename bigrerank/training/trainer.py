@@ -140,7 +140,8 @@ def train(model_args, data_args, args, on_reduced=None):
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
-        lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size))
+        lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size,
+                            need_scores=args.loss in losses.TEACHER_LOSSES))
     text = is_text(dataset)
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
@@ -166,7 +167,6 @@ def train(model_args, data_args, args, on_reduced=None):
 
     encoder = PairEncoder(tokenizer, data_args.max_len)
     mode = StepMode(args.grad_cache_chunk_size, args.collaborative)
-    loss_fn = lambda scores: losses.LOSSES[args.loss](scores, args.temperature)  # noqa: E731
     accum = args.gradient_accumulation_steps
     preemption = Preemption()
     try:
@@ -201,10 +201,14 @@ def train(model_args, data_args, args, on_reduced=None):
                     if not args.collaborative:
                         indices = indices[rank * args.per_device_train_batch_size:(rank + 1) * args.per_device_train_batch_size]
                     groups = [sampler.group(i, epoch) for i in indices]
+                    teacher = (torch.tensor([sampler.teacher_scores(i, epoch) for i in indices], device=engine.device)
+                               if args.loss in losses.TEACHER_LOSSES else None)
                     encoded = encode_micro_batch(groups, encoder, mode, rank, world, text)
                     batches = [{k: v.to(engine.device) for k, v in b.items()} for b in encoded.batches]
                     result = micro_batch_step(engine, batches, encoded.shape, data_args.train_group_size,
-                                              encoded.real.to(engine.device), loss_fn, mode, scope.backward)
+                                              encoded.real.to(engine.device),
+                                              losses.group_loss(args.loss, args.temperature, teacher), mode,
+                                              scope.backward)
                     if result.finite:
                         window["loss"].append(result.loss.item())
                     else:
