@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from bigrerank import cli
+from bigrerank import RerankerForInference
 from bigrerank.atomic import atomic_file
 from bigrerank.data.collection import iter_jsonl, read_qrels, read_run
-from bigrerank.demo import FULL, METRICS, default_backbone, rerank_with_tail, results_table, train, train_command
+from bigrerank.demo import (FULL, METRICS, default_backbone, rerank_argv, rerank_with_tail, results_table,
+                            run_command, train, train_command)
 from bigrerank.evaluation.evaluate import evaluate
-from bigrerank import RerankerForInference
 
 
 def teacher_scored_groups(teacher: Path, groups: Path, out: Path, max_len: int) -> int:
@@ -40,14 +40,10 @@ def teacher_scored_groups(teacher: Path, groups: Path, out: Path, max_len: int) 
     return len(passages)
 
 
-def rerank_and_evaluate(model_dir: Path, demo: Path, scores: Path) -> dict[str, float]:
-    recipe = FULL
-    cli.main(["rerank", "--model", str(model_dir), "--run", str(demo / "runs" / "bm25.test.trec"),
-              "--queries", str(demo / "data" / "queries.jsonl"), "--corpus", str(demo / "data" / "corpus.jsonl"),
-              "--depth", str(recipe.rerank_depth), "--max_len", str(recipe.max_len), "--output", str(scores)])
-    bm25 = read_run(demo / "runs" / "bm25.test.trec")
-    reranked = rerank_with_tail(read_run(scores, fmt="scores"), bm25, recipe.rerank_depth)
-    return evaluate(read_qrels(demo / "data" / "qrels" / "test.tsv"), reranked, METRICS)
+def rerank_and_evaluate(model_dir: Path, demo: Path, scores: Path, qrels: dict, bm25: dict) -> dict[str, float]:
+    """Metrics of `model_dir` reranking the demo's test queries' BM25 top `rerank_depth`, as the demo does."""
+    run_command("rerank", rerank_argv(FULL, demo, model_dir, scores))
+    return evaluate(qrels, rerank_with_tail(read_run(scores, fmt="scores"), bm25, FULL.rerank_depth), METRICS)
 
 
 def main() -> None:
@@ -62,16 +58,18 @@ def main() -> None:
     pairs = teacher_scored_groups(demo / "model", demo / "train.jsonl", work / "train.teacher.jsonl", FULL.max_len)
     print(f"teacher scored {pairs} pairs in {time.perf_counter() - started:.0f} s")
 
-    rows = [("BM25", evaluate(read_qrels(demo / "data" / "qrels" / "test.tsv"), read_run(demo / "runs" / "bm25.test.trec"),
-                              METRICS)),
-            ("teacher: the demo's LCE reranker", rerank_and_evaluate(demo / "model", demo, work / "teacher.tsv"))]
+    qrels, bm25 = read_qrels(demo / "data" / "qrels" / "test.tsv"), read_run(demo / "runs" / "bm25.test.trec")
+    rows = [("BM25", evaluate(qrels, bm25, METRICS)),
+            ("teacher: the demo's LCE reranker",
+             rerank_and_evaluate(demo / "model", demo, work / "teacher.tsv", qrels, bm25))]
     for loss in ("distill", "lce"):
         model_dir = work / f"student_{loss}"
         started = time.perf_counter()
         train(train_command(FULL, default_backbone(), work / "train.teacher.jsonl", model_dir) + ["--loss", loss],
               model_dir)
         print(f"student ({loss}) trained in {time.perf_counter() - started:.0f} s")
-        rows.append((f"student, --loss {loss}", rerank_and_evaluate(model_dir, demo, work / f"{loss}.tsv")))
+        rows.append((f"student, --loss {loss}",
+                     rerank_and_evaluate(model_dir, demo, work / f"{loss}.tsv", qrels, bm25)))
     print("\n" + results_table(rows))
 
 

@@ -38,13 +38,15 @@ def child(argv: list[str], baseline: bool) -> dict:
     import torch
 
     from bigrerank.arguments import parse
+    from bigrerank.model import load_config
     from bigrerank.training import distributed, ds_config, trainer
 
     cuda = torch.cuda.is_available()
     model_args, data_args, args = parse(argv)
     if baseline:
         distributed.init(args.ddp_timeout)
-        trainer.build_engine(model_args, args, 1, args.max_steps, ds_config.load(args.ds_config))
+        trainer.build_engine(model_args, load_config(model_args.model_name_or_path), args, 1, args.max_steps,
+                             ds_config.load(args.ds_config))
         peaks = [peak_mb(cuda)]
     else:
         peaks = []

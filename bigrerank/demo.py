@@ -129,6 +129,14 @@ def results_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def rerank_argv(recipe: Recipe, out: Path, model_dir: Path, scores: Path) -> list[str]:
+    """`bigrerank rerank` options scoring the demo's test queries' BM25 top `rerank_depth` (under `out`)."""
+    data = out / "data"
+    return ["--model", str(model_dir), "--run", str(out / "runs" / "bm25.test.trec"),
+            "--queries", str(data / "queries.jsonl"), "--corpus", str(data / "corpus.jsonl"),
+            "--depth", str(recipe.rerank_depth), "--max_len", str(recipe.max_len), "--output", str(scores)]
+
+
 def last_log_row(model_dir: Path) -> dict:
     rows = (model_dir / "train_log.jsonl").read_text().splitlines()
     return json.loads(rows[-1]) if rows else {}
@@ -181,9 +189,7 @@ def run_demo(args: DemoArguments) -> dict:
     print(f"final model: {model_dir} (last log row: {last_log_row(model_dir)})")
 
     scores = runs / "reranker.test.scores.tsv"
-    argv = ["--model", str(model_dir), "--run", str(runs / "bm25.test.trec"), "--queries", str(queries),
-            "--corpus", str(corpus), "--depth", str(recipe.rerank_depth), "--max_len", str(recipe.max_len),
-            "--output", str(scores)]
+    argv = rerank_argv(recipe, out, model_dir, scores)
     t = banner(f"5/6 rerank the test queries' BM25 top {recipe.rerank_depth}", ["bigrerank", "rerank", *argv])
     run_command("rerank", argv)
     timings["rerank"] = time.perf_counter() - t

@@ -35,8 +35,9 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
         order = sampler.epoch_order(epoch)
         for m in range(first, first + accum):
             indices = order[m * queries_per_micro:(m + 1) * queries_per_micro]
-            groups = [sampler.group(i, epoch) for i in indices]
-            teacher = torch.tensor([sampler.teacher_scores(i, epoch) for i in indices]) if loss == "distill" else None
+            drawn = [sampler.scored_group(i, epoch) for i in indices]
+            groups = [(query, passages) for query, passages, _ in drawn]
+            teacher = torch.tensor([scores for _, _, scores in drawn]) if loss == "distill" else None
             pairs = []
             for query, passages in groups:
                 q_ids, *p_ids = encoder.token_ids([query, *passages]) if isinstance(query, str) else [query, *passages]

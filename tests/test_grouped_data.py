@@ -108,9 +108,10 @@ def test_teacher_scores_follow_the_sampled_passages(tmp_path, flag):
     for index in range(6):
         row = dataset[index]
         by_passage = {p["passage"]: p["score"] for p in row["pos"] + row["neg"]}
-        query, passages = sampler.group(index, 3)
-        assert sampler.teacher_scores(index, 3) == [by_passage[p] for p in passages]
-        assert sampler.teacher_scores(index, 3)[0] == 100.0 * index  # the positive's
+        query, passages, scores = sampler.scored_group(index, 3)
+        assert (query, passages) == sampler.group(index, 3)
+        assert scores == [by_passage[p] for p in passages]
+        assert scores[0] == 100.0 * index  # the positive's
 
 
 @pytest.mark.parametrize("line,expected", [
@@ -137,4 +138,4 @@ def test_teacher_scores_are_optional_unless_the_loss_reads_them(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"query": "x y", "pos": ["z"], "neg": ["w"]}) + "\n")
     dataset = load_groups(path, None, 2, str(tmp_path / "c"))
-    assert GroupSampler(dataset, 2, seed=0).teacher_scores(0, 0) == [None, None]
+    assert GroupSampler(dataset, 2, seed=0).scored_group(0, 0)[2] == [None, None]

@@ -206,15 +206,12 @@ class GroupSampler:
 
     def group(self, index: int, epoch: int) -> tuple:
         """(query, [passage] * group_size) with the positive first; query/passages are ids or text."""
-        row, drawn = self._draw(index, epoch)
-        return row["query"], [passage["passage"] for passage in drawn]
+        query, passages, _ = self.scored_group(index, epoch)
+        return query, passages
 
-    def teacher_scores(self, index: int, epoch: int) -> list[float]:
-        """The teacher scores of `group(index, epoch)`'s passages, in the same order."""
-        return [passage["score"] for passage in self._draw(index, epoch)[1]]
-
-    def _draw(self, index: int, epoch: int) -> tuple[dict, list[dict]]:
-        """(row, [passage record] * group_size): the positive, then the negatives drawn for (seed, epoch, index)."""
+    def scored_group(self, index: int, epoch: int) -> tuple:
+        """`group(index, epoch)` and its passages' teacher scores in the same order (None where the data has none):
+        (query, [passage] * group_size, [score] * group_size), from one draw."""
         row = self.dataset[int(index)]
         rng = np.random.default_rng([self.seed, epoch, int(index)])
         positive = row["pos"][rng.integers(len(row["pos"]))]
@@ -229,4 +226,5 @@ class GroupSampler:
                 self._said_replacement = True
                 log.warning("query %s has %d negatives, fewer than the %d a group needs: negatives of such queries "
                             "are sampled with replacement (said once)", row["qid"], len(negatives), wanted)
-        return row, [positive, *(negatives[int(i)] for i in chosen)]
+        drawn = [positive, *(negatives[int(i)] for i in chosen)]
+        return row["query"], [p["passage"] for p in drawn], [p["score"] for p in drawn]

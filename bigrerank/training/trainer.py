@@ -74,11 +74,12 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model_args, args, world: int, total_steps: int, raw_config: dict):
+def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict):
+    """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    hidden = getattr(load_config(model_args.model_name_or_path), "hidden_size", None)
+    hidden = getattr(model_config, "hidden_size", None)
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
@@ -135,7 +136,7 @@ def train(model_args, data_args, args, on_reduced=None):
     """
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
-    load_config(model_args.model_name_or_path)
+    model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
@@ -146,7 +147,7 @@ def train(model_args, data_args, args, on_reduced=None):
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
     torch.manual_seed(args.seed)  # the same new head on every rank
-    engine, config = build_engine(model_args, args, world, total_steps, raw_config)
+    engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config)
     torch.manual_seed(args.seed + rank)  # dropout differs across ranks
 
     output_dir, ckpt_root = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
@@ -200,8 +201,9 @@ def train(model_args, data_args, args, on_reduced=None):
                     indices = order[m * per_micro:(m + 1) * per_micro]
                     if not args.collaborative:
                         indices = indices[rank * args.per_device_train_batch_size:(rank + 1) * args.per_device_train_batch_size]
-                    groups = [sampler.group(i, epoch) for i in indices]
-                    teacher = (torch.tensor([sampler.teacher_scores(i, epoch) for i in indices], device=engine.device)
+                    drawn = [sampler.scored_group(i, epoch) for i in indices]
+                    groups = [(query, passages) for query, passages, _ in drawn]
+                    teacher = (torch.tensor([scores for _, _, scores in drawn], device=engine.device)
                                if args.loss in losses.TEACHER_LOSSES else None)
                     encoded = encode_micro_batch(groups, encoder, mode, rank, world, text)
                     batches = [{k: v.to(engine.device) for k, v in b.items()} for b in encoded.batches]
