@@ -24,8 +24,9 @@ import common  # noqa: E402
 
 def child(argv: list[str], record_dir: Path) -> None:
     """One rank: train with a counting wrapper around the micro-batch encoder; write rank<r>.json."""
+    from bigrerank import distributed
     from bigrerank.arguments import parse
-    from bigrerank.training import distributed, trainer
+    from bigrerank.training import trainer
 
     counted = []
     encode = trainer.encode_micro_batch

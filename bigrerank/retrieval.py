@@ -13,9 +13,8 @@ import Stemmer
 from transformers import HfArgumentParser
 
 from .atomic import atomic_file
-from .data.collection import read_corpus, read_qrels, read_queries
-from .evaluation.convert import run_lines
-from .inference.candidates import passage_text
+from .data.collection import passage_text, read_corpus, read_qrels, read_queries
+from .data.runs import run_lines
 
 K1, B = 0.9, 0.4
 RUN_NAME = "bm25s"

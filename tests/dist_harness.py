@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from bigrerank.training.distributed import free_port
+from bigrerank.distributed import free_port
 
 
 def _full_gradients(engine) -> dict:
@@ -23,7 +23,7 @@ def gradient_recorder(directory: str, extra=None):
     """An on_reduced hook saving each step's full reduced gradients (rank 0) to directory/step-N.pt."""
     import torch
 
-    from bigrerank.training import distributed
+    from bigrerank import distributed
 
     counter = {"step": 0}
 
@@ -44,7 +44,7 @@ def _rank_main(rank: int, world: int, port: int, fn, args, errors):
     import torch
 
     torch.set_num_threads(1)
-    from bigrerank.training import distributed
+    from bigrerank import distributed
 
     try:
         fn(*args)

@@ -15,8 +15,9 @@ PAIRS = [("weather in new york", "it is cold today in new york"), ("python code"
 
 
 def _train_and_score(argv: list[str], logits_file: str):
+    from bigrerank import distributed
     from bigrerank.arguments import parse
-    from bigrerank.training import distributed, trainer
+    from bigrerank.training import trainer
 
     engine = trainer.train(*parse(argv))
     tokenizer = AutoTokenizer.from_pretrained(argv[argv.index("--model_name_or_path") + 1])

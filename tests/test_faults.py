@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bigrerank import losses
+from bigrerank import distributed, losses
 from bigrerank.arguments import parse
 from bigrerank.checkpoints import store
-from bigrerank.training import distributed, trainer
-from bigrerank.training.distributed import free_port
+from bigrerank.training import trainer
+from bigrerank.distributed import free_port
 from tests.dist_harness import run_jobs, run_ranks
 from tests.tiny import tiny_model_dir, write_groups
 

@@ -11,8 +11,8 @@ import pytest
 
 from bigrerank import RerankerForInference
 from bigrerank.cli import main as cli
-from bigrerank.inference.candidates import passage_text
-from bigrerank.training.distributed import free_port
+from bigrerank.data.collection import passage_text
+from bigrerank.distributed import free_port
 from tests.test_inference import spread_model_dir
 
 QUERIES = {"q1": "weather in new york", "q2": "python code", "q3": "what is cold"}

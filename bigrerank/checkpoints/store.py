@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..atomic import atomic_file
-from ..training import distributed
-from ..training.steps import RngState
+from ..rng import RngState
 
 log = logging.getLogger(__name__)
 MANIFEST = "COMPLETE"

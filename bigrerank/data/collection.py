@@ -119,6 +119,11 @@ def read_corpus(path) -> dict[str, tuple[str, str]]:
     return corpus
 
 
+def passage_text(title: str, text: str) -> str:
+    """The passage a reranker reads: `title + " " + text` when the document has a title, else the text."""
+    return f"{title} {text}" if title.strip() else text
+
+
 def read_queries(path) -> dict[str, str]:
     """Queries as {query id: text}: BEIR `queries.jsonl` (_id, text) or tsv `id<TAB>text`."""
     queries: dict[str, str] = {}

@@ -21,8 +21,7 @@ from transformers import HfArgumentParser
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from ..inference.candidates import passage_text
-from .collection import empty_documents, first_row, read_corpus, read_qrels, read_queries, read_run
+from .collection import empty_documents, first_row, passage_text, read_corpus, read_qrels, read_queries, read_run
 
 SUBCOMMANDS = ("train", "rerank")
 

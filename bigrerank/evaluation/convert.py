@@ -11,8 +11,7 @@ from transformers import HfArgumentParser
 
 from ..atomic import atomic_file
 from ..data.collection import read_run
-
-FORMATS = ("marco", "trec")
+from ..data.runs import FORMATS, run_lines
 
 
 @dataclass
@@ -34,19 +33,6 @@ def parse_arguments(argv: list[str] | None) -> ConvertArguments:
     if not args.run_name or len(args.run_name.split()) != 1 or args.run_name != args.run_name.strip():
         parser.error(f"--run_name must be one word without whitespace, got {args.run_name!r}")
     return args
-
-
-def run_lines(run: dict[str, list[tuple[str, float]]], fmt: str, run_name: str = "bigrerank",
-              score_format: str = ".9g"):
-    """Lines of a ranked run ({qid: [(pid, score), ...] best first}) in MS MARCO or TREC format."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got '{fmt}'")
-    for qid, ranked in run.items():
-        for rank, (pid, score) in enumerate(ranked, start=1):
-            if fmt == "marco":
-                yield f"{qid}\t{pid}\t{rank}\n"
-            else:
-                yield f"{qid} Q0 {pid} {rank} {score:{score_format}} {run_name}\n"
 
 
 def convert(scores_path, fmt: str, output_path, run_name: str = "bigrerank") -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collection import (first_row, iter_jsonl, iter_lines, read_corpus, read_queries, read_run, require_str,
-                               require_token_ids)
+from ..data.collection import (first_row, iter_jsonl, iter_lines, passage_text, read_corpus, read_queries, read_run,
+                               require_str, require_token_ids)
 from ..errors import InputError
 
 Content = str | list[int]  # text, or token ids without special tokens
@@ -24,11 +24,6 @@ class Candidate:
     pid: str
     query: Content
     passage: Content
-
-
-def passage_text(title: str, text: str) -> str:
-    """The passage a reranker reads: `title + " " + text` when the document has a title, else the text."""
-    return f"{title} {text}" if title.strip() else text
 
 
 def group_by_query(candidates: list[Candidate]) -> list[Candidate]:

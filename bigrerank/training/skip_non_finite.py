@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import distributed
+from .. import distributed
 
 
 class SkipNonFiniteUpdates:

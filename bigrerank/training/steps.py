@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import distributed
 from ..model import pair_scores
-from . import distributed
+from ..rng import RngState
 
 
 @dataclass(frozen=True)
@@ -57,29 +58,6 @@ def local_passages(passages: list, rank: int, world: int, collaborative: bool) -
     width = math.ceil(len(passages) / world)
     mine = passages[start:end]
     return mine + [passages[0]] * (width - len(mine)), len(mine)
-
-
-class RngState:
-    """CPU (and current accelerator) RNG state, captured before a chunk and replayed for its recompute."""
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda)
-
-    def to_dict(self) -> dict:
-        return {"cpu": self.cpu, **({"cuda": self.cuda} if self.cuda is not None else {})}
-
-    @classmethod
-    def from_dict(cls, state: dict) -> "RngState":
-        rng = cls.__new__(cls)
-        rng.cpu = state["cpu"]
-        rng.cuda = state.get("cuda") if torch.cuda.is_available() else None
-        return rng
 
 
 def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import losses
+from .. import distributed, losses
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
-from . import distributed, ds_config, skip_non_finite
+from . import ds_config, skip_non_finite
 from .batches import encode_micro_batch
 from .steps import ReductionScope, StepMode, micro_batch_step
 
