@@ -25,16 +25,31 @@ def ensure_single_process_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
-def init(timeout_s: float = 1800) -> None:
-    """Start the process group once (gloo on CPU, nccl on GPU) with a bounded collective timeout."""
+def launched() -> bool:
+    """True when a launcher (torchrun, deepspeed, srun) started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(timeout_s: float = 1800) -> bool:
+    """Start the process group once (gloo on CPU, nccl on GPU) with a bounded collective timeout.
+
+    Returns whether this call started it (a library caller may own one already).
+    """
     import deepspeed
 
     ensure_single_process_env()
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    timeout=timedelta(seconds=timeout_s))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return started
+
+
+def device() -> torch.device:
+    """This rank's device: its GPU (set by `init`), or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def rank() -> int:
@@ -56,8 +71,7 @@ def barrier() -> None:
 
 def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     """Reduce a few numbers over the ranks ("sum", "max" or "min"), on the device the backend needs."""
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device())
     if dist.is_initialized():
         dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return tensor.tolist()

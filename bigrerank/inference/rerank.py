@@ -9,7 +9,6 @@ rows are grouped by query in input order.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from .. import distributed
 from ..atomic import atomic_file
 from ..errors import InputError
 from .candidates import Candidate, encode_candidates, read_pair_candidates, read_run_candidates
@@ -84,19 +84,12 @@ def precision(args: RerankArguments) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def init_distributed() -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether this call started the process group) from torchrun-style env vars."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+def start_ranks() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call started the process group); one process unless launched."""
+    if not distributed.launched():
         return 0, 1, default_device(), False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, started
+    started = distributed.init()
+    return distributed.rank(), distributed.world_size(), distributed.device(), started
 
 
 def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
@@ -168,7 +161,8 @@ def write_scores(path, candidates: list[Candidate], scores: list[float]) -> None
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
-    rank, world, device, started = init_distributed()
+    rank, world, device, started = start_ranks()
+    finished = False
     try:
         reranker = load_reranker(args, device)
         candidates = read_candidates(args, len(reranker.tokenizer))
@@ -182,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bigrerank rerank: {len(candidates)} pairs, {queries} queries, {elapsed:.1f} s "
                   f"({len(candidates) / elapsed:.1f} pairs/s, {world} rank(s), {reranker.precision}) -> {args.output}",
                   file=sys.stderr)
+        finished = True
     finally:
         if started:
-            dist.destroy_process_group()
+            distributed.teardown(wait_for_others=finished)
     return 0
