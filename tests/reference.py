@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
-from bigrerank.losses import group_loss
+from bigrerank.losses import LOSSES
 from bigrerank.model import load_reranker
 from bigrerank.training.trainer import param_groups
 
@@ -43,7 +43,7 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
                 q_ids, *p_ids = encoder.token_ids([query, *passages]) if isinstance(query, str) else [query, *passages]
                 pairs.extend(encoder.encode_ids(q_ids, p) for p in p_ids)
             scores = model(**encoder.collate(pairs)).logits.view(len(groups), group_size)
-            (group_loss(loss, 1.0, teacher)(scores) / accum).backward()
+            (LOSSES[loss].fn(scores, teacher=teacher) / accum).backward()
         gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()

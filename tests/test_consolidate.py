@@ -19,7 +19,7 @@ def _train_and_score(argv: list[str], logits_file: str):
     from bigrerank.arguments import parse
     from bigrerank.training import trainer
 
-    engine = trainer.train(*parse(argv))
+    engine = trainer.train(*parse(argv)).engine
     tokenizer = AutoTokenizer.from_pretrained(argv[argv.index("--model_name_or_path") + 1])
     batch = tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True, return_tensors="pt")
     engine.eval()

@@ -12,7 +12,7 @@ from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.errors import InputError
 from bigrerank.training.batches import encode_micro_batch
-from bigrerank.training.steps import StepMode
+from bigrerank.training.shard import Shard
 from tests.tiny import tiny_tokenizer, with_teacher_scores, write_groups
 
 
@@ -26,8 +26,8 @@ def test_token_id_and_text_formats_give_the_same_input_ids(tmp_path):
         assert grouped.is_text(dataset) == text_format
     groups_text = [GroupSampler(text, 4, 7).group(i, 0) for i in range(6)]
     groups_ids = [GroupSampler(ids, 4, 7).group(i, 0) for i in range(6)]
-    a = encode_micro_batch(groups_text, encoder, StepMode(), 0, 1, text=True)
-    b = encode_micro_batch(groups_ids, encoder, StepMode(), 0, 1, text=False)
+    a = encode_micro_batch(groups_text, encoder, Shard(), chunk_size=0, text=True)
+    b = encode_micro_batch(groups_ids, encoder, Shard(), chunk_size=0, text=False)
     assert a.batches[0]["input_ids"].equal(b.batches[0]["input_ids"])
     assert a.batches[0]["token_type_ids"].equal(b.batches[0]["token_type_ids"])
     assert a.batches[0]["input_ids"].shape[1] <= 24

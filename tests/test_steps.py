@@ -9,7 +9,10 @@ import torch
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.losses import lce_loss
 from bigrerank.model import load_reranker, pair_scores
-from bigrerank.training.steps import RngState, StepMode, group_slice, micro_batch_step
+from bigrerank.rng import RngState
+from bigrerank.training.batches import MicroBatch
+from bigrerank.training.shard import group_slice
+from bigrerank.training.steps import micro_batch_step
 from tests.dist_harness import run_ranks
 from tests.tiny import tiny_model_dir, tiny_tokenizer, write_groups
 
@@ -37,8 +40,8 @@ def test_cached_step_replays_dropout_and_matches_a_plain_backward_with_the_same_
     batches = _chunks(encoder, 3)  # 8 pairs in chunks of 3, 3, 2
     torch.manual_seed(123)
     start = RngState()
-    result = micro_batch_step(model, batches, (2, 4), 4, torch.ones(2, 4), lce_loss, StepMode(chunk_size=3),
-                              lambda surrogate, last: surrogate.backward())
+    micro = MicroBatch(batches, (2, 4), torch.ones(2, 4), group_size=4, chunked=True)
+    result = micro_batch_step(model, micro, lce_loss, lambda surrogate, last: surrogate.backward())
     cached = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert torch.equal(result.recomputed, result.scores)  # bit for bit: the same dropout masks
     model.zero_grad()

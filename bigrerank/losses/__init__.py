@@ -1,14 +1,19 @@
-"""Group losses: each maps scores (queries, group), positive first, to a scalar."""
+"""Group losses, one registry. Each maps scores (queries, group), positive first, to a scalar with the same
+signature, `loss(scores, teacher=None, temperature=1.0)`; `teacher` holds a teacher's scores of the same passages."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from .bce import bce_loss
 from .distill import distill_loss
 from .lce import lce_loss
 
-LOSSES = {"lce": lce_loss, "bce": bce_loss}  # from the scores alone
-TEACHER_LOSSES = {"distill": distill_loss}  # from the scores and the teacher's scores of the same passages
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: Callable  # fn(scores, teacher=None, temperature=1.0) -> scalar
+    needs_teacher: bool = False  # the training data must carry the teacher's scores
 
 
-def group_loss(name: str, temperature: float, teacher=None):
-    """`--loss name` as a function of the scores alone (the teacher's scores bound when the loss reads them)."""
-    if name in TEACHER_LOSSES:
-        return lambda scores: TEACHER_LOSSES[name](scores, teacher, temperature)
-    return lambda scores: LOSSES[name](scores, temperature)
+LOSSES = {"lce": LossSpec(lce_loss), "bce": LossSpec(bce_loss), "distill": LossSpec(distill_loss, needs_teacher=True)}

@@ -1,27 +1,39 @@
-"""Turn one micro-batch of sampled groups into this rank's padded pair batches for a step strategy."""
+"""Micro-batches: the next one drawn, sharded and encoded, with its teacher scores (nanoGPT's `get_batch`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..data.grouped import GroupSampler
 from ..data.pairs import PairEncoder
-from .steps import StepMode, chunk_bounds, local_passages
+from .shard import Shard, chunk_bounds
 
 
 @dataclass
-class EncodedMicroBatch:
+class MicroBatch:
     batches: list[dict]            # one batch (plain) or one per chunk (cached), query-major
     shape: tuple[int, int]         # (queries, width) of this rank's score matrix
     real: torch.Tensor             # (queries, width) 1.0 for real pairs, 0.0 for slice padding
-    pairs: int                     # real pairs scored by this rank
-    tokens: int                    # real tokens scored by this rank
+    group_size: int                # passages per query, over all ranks
+    chunked: bool = False          # gradient cache: score the chunks without grad, then recompute each
+    shard: Shard = Shard()
+    teacher: torch.Tensor | None = None  # (queries, group) teacher scores, for a loss that reads them
+    pairs: int = 0                 # real pairs scored by this rank
+    tokens: int = 0                # real tokens scored by this rank
+
+    def to(self, device) -> MicroBatch:
+        return replace(self, batches=[{k: v.to(device) for k, v in b.items()} for b in self.batches],
+                       real=self.real.to(device), teacher=None if self.teacher is None else self.teacher.to(device))
 
 
-def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, mode: StepMode, rank: int, world: int,
-                       text: bool) -> EncodedMicroBatch:
-    """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`."""
-    rows = [(query, *local_passages(passages, rank, world, mode.collaborative)) for query, passages in groups]
+def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, chunk_size: int, text: bool,
+                       teacher: torch.Tensor | None = None) -> MicroBatch:
+    """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`.
+
+    chunk_size: pairs per chunk for the gradient cache (0: one batch, plain).
+    """
+    rows = [(query, *shard.passages(passages)) for query, passages in groups]
     width = len(rows[0][1])
     if text:
         queries = encoder.token_ids([q for q, _, _ in rows])
@@ -31,8 +43,40 @@ def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, mode: StepMode
     for i, (query, passages, count) in enumerate(rows):
         pairs.extend(encoder.encode_ids(query, passage) for passage in passages)
         real[i, :count] = 1.0
-    bounds = chunk_bounds(len(pairs), mode.chunk_size) if mode.chunk_size else [(0, len(pairs))]
-    batches = [encoder.collate(pairs[a:b]) for a, b in bounds]
+    bounds = chunk_bounds(len(pairs), chunk_size) if chunk_size else [(0, len(pairs))]
     flat_real = real.reshape(-1).bool().tolist()
     tokens = sum(len(ids) for (ids, _), keep in zip(pairs, flat_real) if keep)
-    return EncodedMicroBatch(batches, (len(rows), width), real, int(real.sum().item()), tokens)
+    return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], (len(rows), width), real, len(groups[0][1]),
+                      chunked=bool(chunk_size), shard=shard, teacher=teacher, pairs=int(real.sum().item()),
+                      tokens=tokens)
+
+
+@dataclass
+class MicroBatchSource:
+    """Where this rank's micro-batches come from: the sampler's epoch order, its shard, the pair encoder."""
+
+    sampler: GroupSampler
+    encoder: PairEncoder
+    shard: Shard
+    queries_per_rank: int          # --per_device_train_batch_size
+    chunk_size: int                # --grad_cache_chunk_size (0: plain)
+    text: bool                     # the data holds text (else token ids)
+    with_teacher: bool             # the loss reads the teacher's scores
+    device: torch.device
+    _order: tuple = field(default=(None, None), repr=False)  # (epoch, its query order)
+
+    def epoch_order(self, epoch: int):
+        if self._order[0] != epoch:
+            self._order = (epoch, self.sampler.epoch_order(epoch))
+        return self._order[1]
+
+
+def next_micro_batch(source: MicroBatchSource, epoch: int, index: int) -> MicroBatch:
+    """Micro-step `index` of `epoch`: this rank's groups, drawn and encoded, on the engine's device."""
+    per_step = source.shard.queries_per_micro_step(source.queries_per_rank)
+    indices = source.epoch_order(epoch)[index * per_step:(index + 1) * per_step]
+    drawn = [source.sampler.scored_group(i, epoch) for i in source.shard.queries(indices, source.queries_per_rank)]
+    teacher = torch.tensor([scores for _, _, scores in drawn]) if source.with_teacher else None
+    groups = [(query, passages) for query, passages, _ in drawn]
+    return encode_micro_batch(groups, source.encoder, source.shard, source.chunk_size, source.text, teacher).to(
+        source.device)

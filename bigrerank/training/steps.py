@@ -1,38 +1,25 @@
-"""Training step strategies: plain or cached (gradient cache) x local or collaborative, one code path.
+"""One micro-batch step, plain or cached (gradient cache) x local or collaborative, in GradCache's steps.
 
-Every micro-batch goes through the same four moves (GradCache's functional core, Gao et al. 2021):
+Every micro-batch goes through the same moves (GradCache's `cache_step`, Gao et al. 2021):
 
-1. score this rank's pairs — plain: one forward with autograd; cached: no-grad chunks of K pairs,
-   saving the RNG state before each chunk;
-2. assemble the (queries, group) score matrix — local: this rank's own groups; collaborative: each
-   rank holds a contiguous slice of every group, and the slices are all-gathered by global rank;
-3. take the loss and its gradient with respect to the scores, once;
-4. backpropagate that score gradient — plain: through the kept graph; cached: chunk by chunk,
-   recomputed with the same RNG state, so dropout draws the same masks.
-
-Collaborative compensation: each rank backpropagates only its own slice, and DeepSpeed averages the
-ranks' gradients, so the slice's score gradient is multiplied by the world size; the update then
-equals training the whole group on one device. Uneven slices are padded to the widest one with
-masked (zero-gradient) pairs so every rank runs the same number of forward passes (ZeRO-3 needs it).
+1. forward — plain: one forward with autograd; cached: no-grad chunks of K pairs, saving the RNG state before
+   each chunk;
+2. build the cache — gather the (queries, group) score matrix (collaborative: every rank's slices, see
+   shard.py), take the loss and its gradient with respect to the scores, once, and keep this rank's share;
+3. forward and backward — plain: through the kept graph; cached: chunk by chunk, recomputed with the same RNG
+   state, so dropout draws the same masks.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from .. import distributed
 from ..model import pair_scores
 from ..rng import RngState
-
-
-@dataclass(frozen=True)
-class StepMode:
-    chunk_size: int = 0          # 0 = plain; K > 0 = gradient cache with chunks of K pairs
-    collaborative: bool = False  # split each group across the data-parallel ranks
+from .batches import MicroBatch
 
 
 @dataclass
@@ -43,84 +30,55 @@ class MicroBatchResult:
     finite: bool
 
 
-def group_slice(group_size: int, rank: int, world: int) -> tuple[int, int]:
-    """Contiguous [start, end) of a group scored by `rank`; the first group_size % world ranks get one more."""
-    base, extra = divmod(group_size, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
+def forward(engine, micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor | None, list[RngState]]:
+    """This rank's (queries, width) scores, detached; plus the autograd graph (plain) or each chunk's RNG state."""
+    if not micro.chunked:
+        live = pair_scores(engine, micro.batches[0]).view(micro.shape)
+        return live.detach(), live, []
+    states, chunks = [], []
+    with torch.no_grad():
+        for batch in micro.batches:
+            states.append(RngState())
+            chunks.append(pair_scores(engine, batch))
+    return torch.cat(chunks).view(micro.shape), None, states
 
 
-def local_passages(passages: list, rank: int, world: int, collaborative: bool) -> tuple[list, int]:
-    """This rank's passages of one group, padded to the widest slice; returns (passages, real count)."""
-    if not collaborative:
-        return passages, len(passages)
-    start, end = group_slice(len(passages), rank, world)
-    width = math.ceil(len(passages) / world)
-    mine = passages[start:end]
-    return mine + [passages[0]] * (width - len(mine)), len(mine)
+def build_cache(micro: MicroBatch, local: torch.Tensor, loss_fn, **loss_kwargs):
+    """(loss, the (queries, group) scores, this rank's masked share of their gradient): the loss taken once."""
+    scores = micro.shard.gather(local, micro.group_size)
+    leaf = scores.detach().requires_grad_(True)
+    loss = loss_fn(leaf, teacher=micro.teacher, **loss_kwargs)
+    (score_grad,) = torch.autograd.grad(loss, leaf)
+    return loss, scores, micro.shard.own_gradient(score_grad, micro.shape[1]) * micro.real
 
 
-def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
+def forward_backward_chunks(engine, micro: MicroBatch, states: list[RngState], own: torch.Tensor,
+                            backward) -> torch.Tensor:
+    """Recompute each chunk under its saved RNG state and backpropagate its cached score gradient."""
+    flat_grad, pieces, offset = own.reshape(-1), [], 0
+    for i, (batch, state) in enumerate(zip(micro.batches, states)):
+        state.restore()
+        chunk = pair_scores(engine, batch)
+        backward((chunk * flat_grad[offset:offset + len(chunk)]).sum(), i == len(micro.batches) - 1)
+        pieces.append(chunk.detach())
+        offset += len(chunk)
+    return torch.cat(pieces).view(micro.shape)
 
 
-def _gather_slices(local: torch.Tensor, group_size: int, world: int) -> torch.Tensor:
-    """All-gather (queries, width) slices by global rank into the (queries, group) matrix, dropping padding."""
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local.contiguous())
-    widths = [end - start for start, end in (group_slice(group_size, r, world) for r in range(world))]
-    return torch.cat([part[:, :w] for part, w in zip(parts, widths)], dim=1)
-
-
-def micro_batch_step(engine, batches: list[dict], shape: tuple[int, int], group_size: int, real_width: torch.Tensor,
-                     loss_fn, mode: StepMode, backward) -> MicroBatchResult:
+def micro_batch_step(engine, micro: MicroBatch, loss_fn, backward, **loss_kwargs) -> MicroBatchResult:
     """Forward, loss and backward of one micro-batch.
 
-    batches: this rank's padded pair batches (one for plain, one per chunk for cached), query-major;
-    shape: (queries, width) of this rank's score matrix; real_width: (queries, width) mask of real pairs;
-    backward(surrogate, last): the reduction scope's backward, `last` on the micro-batch's final call.
+    loss_fn(scores, teacher=micro.teacher, **loss_kwargs) -> scalar; backward(surrogate, last): the reduction
+    scope's backward, `last` on the micro-batch's final call. A non-finite loss (on any rank) backpropagates nothing.
     """
-    world = dist.get_world_size() if (mode.collaborative and dist.is_initialized()) else 1
-    rank = dist.get_rank() if world > 1 else 0
-    states, live = [], None
-    if mode.chunk_size:
-        with torch.no_grad():
-            chunks = []
-            for batch in batches:
-                states.append(RngState())
-                chunks.append(pair_scores(engine, batch))
-        local = torch.cat(chunks).view(shape)
-    else:
-        live = pair_scores(engine, batches[0]).view(shape)
-        local = live.detach()
-
-    scores = _gather_slices(local, group_size, world) if world > 1 else local
-    leaf = scores.detach().requires_grad_(True)
-    loss = loss_fn(leaf)
-    (score_grad,) = torch.autograd.grad(loss, leaf)
+    local, graph, states = forward(engine, micro)
+    loss, scores, own = build_cache(micro, local, loss_fn, **loss_kwargs)
     finite = distributed.every_rank(bool(torch.isfinite(loss).all()))
-    if world > 1:
-        start, end = group_slice(group_size, rank, world)
-        own = torch.zeros(shape, dtype=score_grad.dtype, device=score_grad.device)
-        own[:, :end - start] = score_grad[:, start:end] * world
-    else:
-        own = score_grad
-    own = own * real_width
-
     recomputed = None
-    if not finite:
-        pass  # the caller counts it; no gradient from a non-finite loss reaches the weights
-    elif mode.chunk_size:
-        flat_grad, pieces, offset = own.reshape(-1), [], 0
-        for i, (batch, state) in enumerate(zip(batches, states)):
-            state.restore()
-            chunk = pair_scores(engine, batch)
-            backward((chunk * flat_grad[offset:offset + len(chunk)]).sum(), i == len(batches) - 1)
-            pieces.append(chunk.detach())
-            offset += len(chunk)
-        recomputed = torch.cat(pieces).view(shape)
-    else:
-        backward((live * own).sum(), True)
+    if finite and micro.chunked:
+        recomputed = forward_backward_chunks(engine, micro, states, own, backward)
+    elif finite:
+        backward((graph * own).sum(), True)
     return MicroBatchResult(loss.detach(), scores.detach(), recomputed, finite)
 
 

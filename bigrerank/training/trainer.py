@@ -1,4 +1,4 @@
-"""The training loop: LCE (or BCE) reranker training on a DeepSpeed engine, top to bottom.
+"""The training loop: LCE (or BCE, or distillation) reranker training on a DeepSpeed engine, top to bottom.
 
     python launch/train.py --model_name_or_path DIR --train_path data.jsonl --output_dir out \
         --ds_config ds_configs/zero2.json [--grad_cache_chunk_size K] [--collaborative] ...
@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import sys
-import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .. import distributed, losses
 from ..checkpoints import store
@@ -25,44 +21,24 @@ from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
 from . import ds_config, skip_non_finite
-from .batches import encode_micro_batch
-from .steps import ReductionScope, StepMode, micro_batch_step
+from .batches import MicroBatchSource, next_micro_batch
+from .preemption import PREEMPTED_EXIT_CODE, Preemption
+from .progress import Progress, TrainLog, start_wandb
+from .shard import Shard
+from .steps import ReductionScope, micro_batch_step
 
 log = logging.getLogger("bigrerank.train")
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written on SIGUSR1/SIGTERM; requeue and resume
 
 
-class Preemption:
-    """Remembers SIGUSR1/SIGTERM so the loop can finish its step, checkpoint and exit."""
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def _handle(self, signum, _frame):
-        log.warning("signal %s received: checkpointing after this step", signal.Signals(signum).name)
-        self.requested = True
-
-    def any_rank(self) -> bool:
-        return distributed.all_reduce([float(self.requested)], "max")[0] > 0
-
-    def restore(self) -> None:
-        """Give the signals back to whoever handled them before training."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def schedule(num_queries: int, args, world: int) -> tuple[int, int, int]:
-    """(queries per global micro-step, optimizer steps per epoch, total optimizer steps)."""
-    per_micro = args.per_device_train_batch_size * (1 if args.collaborative else world)
+def schedule(num_queries: int, args, shard: Shard) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    per_micro = shard.queries_per_micro_step(args.per_device_train_batch_size)
     steps_per_epoch = num_queries // per_micro // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise ValueError(f"{num_queries} training queries are fewer than one optimizer step needs "
                          f"({per_micro * args.gradient_accumulation_steps})")
     total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    return per_micro, steps_per_epoch, total
+    return steps_per_epoch, total
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -91,189 +67,183 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     return engine, config
 
 
-class TrainLog:
-    """One JSON object a line in <output_dir>/train_log.jsonl (rank 0), mirrored to wandb when asked."""
+@dataclass
+class Run:
+    """Everything a training run is built from, before its first step."""
 
-    def __init__(self, path: Path, resume_step: int, wandb_run=None):
-        self.path, self.wandb = path, wandb_run
-        kept = []
-        if resume_step and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+    engine: object
+    config: dict                   # the resolved DeepSpeed config
+    tokenizer: object
+    source: MicroBatchSource
+    steps_per_epoch: int
+    total_steps: int
 
 
-def start_wandb(args, output_dir: Path, config: dict):
-    import wandb
+@dataclass
+class TrainResult:
+    """What `train` leaves: the live engine (for callers that score), its last step, and whether a preemption
+    signal ended it early (a checkpoint written, nothing exported: `main` exits 75 for a requeue)."""
 
-    netrc = Path.home() / ".netrc"
-    configured = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    mode = os.environ.get("WANDB_MODE") or ("online" if configured else "offline")
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "bigrerank"), name=args.run_name, dir=str(output_dir),
-                      mode=mode, config=config)
-
-
-def _reduce_mean(values: list[float]) -> float:
-    total, count = distributed.all_reduce([sum(values), float(len(values))])
-    return total / count if count else float("nan")
+    engine: object
+    step: int
+    preempted: bool = False
 
 
-def _module_grad_norm(engine) -> float | None:
-    """Global norm of the module's (reduced) gradients, for ZeRO-0, where DeepSpeed reports none; one sync."""
-    norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
-    return torch.stack(norms).double().norm().item() if norms else None
-
-
-def train(model_args, data_args, args, on_reduced=None):
-    """Train and export into --output_dir; returns the DeepSpeed engine (still live, for callers that score).
-
-    `on_reduced(engine)` (optional) sees each step's reduced gradients before the update.
-    """
+def prepare(model_args, data_args, args) -> Run:
+    """Validate the inputs, start the ranks, load the data (once per machine) and build the engine."""
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
-    rank, world = distributed.rank(), distributed.world_size()
+    shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
+    with_teacher = losses.LOSSES[args.loss].needs_teacher
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
         lambda: load_groups(data_args.train_path, vocab_size=len(tokenizer), group_size=data_args.train_group_size,
-                            need_scores=args.loss in losses.TEACHER_LOSSES))
-    text = is_text(dataset)
+                            need_scores=with_teacher))
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
-    per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
+    steps_per_epoch, total_steps = schedule(len(sampler), args, shard)
     torch.manual_seed(args.seed)  # the same new head on every rank
-    engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config)
-    torch.manual_seed(args.seed + rank)  # dropout differs across ranks
+    engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config)
+    torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
+    source = MicroBatchSource(sampler, PairEncoder(tokenizer, data_args.max_len), shard,
+                              args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
+                              with_teacher, engine.device)
+    return Run(engine, config, tokenizer, source, steps_per_epoch, total_steps)
 
-    output_dir, ckpt_root = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
-    resume_dir = store.resolve(ckpt_root, args.resume_from_checkpoint)
-    step = store.load(engine, resume_dir)["step"] if resume_dir else 0
-    if resume_dir:
+
+def training_info(model_args, data_args, args, run: Run) -> dict:
+    """What the exported model was trained with (written beside it as TRAINING_INFO)."""
+    return {"base_model": model_args.model_name_or_path, "loss": args.loss,
+            "train_group_size": data_args.train_group_size, "max_len": data_args.max_len,
+            "learning_rate": args.learning_rate, "total_steps": run.total_steps,
+            "zero_stage": ds_config.zero_stage(run.config), "bf16": args.bf16, "fp16": args.fp16,
+            "world_size": run.source.shard.world, "collaborative": args.collaborative,
+            "grad_cache_chunk_size": args.grad_cache_chunk_size}
+
+
+class Checkpoints:
+    """This run's checkpoints under <output_dir>/checkpoints: resume from one, save one with the training info."""
+
+    def __init__(self, run: Run, data_args, args, info: dict):
+        self.run, self.data_args, self.args, self.info = run, data_args, args, info
+        self.root = Path(args.output_dir) / "checkpoints"
+
+    def resume(self) -> int:
+        """The step to start from: the resumed checkpoint's (model, optimizer, schedule, RNG restored), or 0."""
+        resume_dir = store.resolve(self.root, self.args.resume_from_checkpoint)
+        if not resume_dir:
+            return 0
+        step = store.load(self.run.engine, resume_dir)["step"]
         log.info("resumed from %s at step %d", resume_dir, step)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        return step
 
-    info = {"base_model": model_args.model_name_or_path, "loss": args.loss, "train_group_size": data_args.train_group_size,
-            "max_len": data_args.max_len, "learning_rate": args.learning_rate, "total_steps": total_steps,
-            "zero_stage": ds_config.zero_stage(config), "bf16": args.bf16, "fp16": args.fp16, "world_size": world,
-            "collaborative": args.collaborative, "grad_cache_chunk_size": args.grad_cache_chunk_size}
-    train_log = wandb_run = None
-    if distributed.is_main():
-        wandb_run = start_wandb(args, output_dir, {**asdict(args), **info}) if args.report_to == "wandb" else None
-        train_log = TrainLog(output_dir / "train_log.jsonl", step, wandb_run)
+    def save(self, step: int) -> Path:
+        client = {"step": step, "args": asdict(self.args), "data": asdict(self.data_args)}
+        engine = self.run.engine
+        return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
+                          self.args.save_total_limit,
+                          hf_files={TRAINING_INFO: json.dumps({**self.info, "step": step}, indent=1)})
 
-    encoder = PairEncoder(tokenizer, data_args.max_len)
-    mode = StepMode(args.grad_cache_chunk_size, args.collaborative)
-    accum = args.gradient_accumulation_steps
+
+class NonFiniteSteps:
+    """Counts optimizer steps in a row whose loss was not finite; stops the run at --max_nonfinite_steps."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row = limit, 0
+
+    def record(self, step: int, finite: bool) -> None:
+        self.in_a_row = 0 if finite else self.in_a_row + 1
+        if finite:
+            return
+        log.warning("step %d: non-finite loss; its micro-batches were skipped (%d in a row)", step, self.in_a_row)
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(f"{self.in_a_row} optimizer steps in a row had a non-finite loss "
+                               f"(--max_nonfinite_steps {self.limit}); stopping without saving")
+
+
+def open_train_log(args, step: int, info: dict) -> TrainLog | None:
+    """Rank 0's train_log.jsonl (kept up to a resumed step), with a wandb run when --report_to wandb."""
+    if not distributed.is_main():
+        return None
+    output_dir = Path(args.output_dir)
+    wandb_run = start_wandb(args, output_dir, {**asdict(args), **info}) if args.report_to == "wandb" else None
+    return TrainLog(output_dir / "train_log.jsonl", step, wandb_run)
+
+
+def _before_update(on_reduced, progress: Progress, next_step: int, engine) -> None:
+    if on_reduced is not None:
+        on_reduced(engine)
+    progress.before_update(engine, next_step)
+
+
+def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
+    """Train and export into --output_dir; the result holds the DeepSpeed engine (still live, for callers that score).
+
+    `on_reduced(engine)` (optional) sees each step's reduced gradients before the update. SIGUSR1/SIGTERM end
+    the run after the current step with a checkpoint, and a result that says it was preempted.
+    """
+    run = prepare(model_args, data_args, args)
+    engine, total_steps, accum = run.engine, run.total_steps, args.gradient_accumulation_steps
+    info = training_info(model_args, data_args, args, run)
+    checkpoints = Checkpoints(run, data_args, args, info)
+    step = checkpoints.resume()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    train_log = open_train_log(args, step, info)
+    loss_fn = losses.LOSSES[args.loss].fn
     preemption = Preemption()
     try:
-        bar = tqdm(total=total_steps, initial=step, desc="train", disable=not distributed.is_main(), dynamic_ncols=True)
-        window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
-        nonfinite_in_a_row = 0
-        logs = lambda at_step: at_step % args.logging_steps == 0 or at_step == total_steps  # noqa: E731
-        orders: dict[int, object] = {}  # the current epoch's query order
-
-        module_norm = {}  # ZeRO-0, where DeepSpeed reports no gradient norm: the one the update sees
-
-        def before_update(engine) -> None:
-            if on_reduced is not None:
-                on_reduced(engine)
-            if ds_config.zero_stage(config) == 0 and logs(step + 1):
-                module_norm[step + 1] = _module_grad_norm(engine)
-
-        def save(at_step: int) -> Path:
-            client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
-            return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
-                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
-
+        progress = Progress(args, run.steps_per_epoch, total_steps, step, train_log,
+                            zero0=ds_config.zero_stage(run.config) == 0)
+        nonfinite = NonFiniteSteps(args.max_nonfinite_steps)
         while step < total_steps:
-            epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
-            if epoch not in orders:
-                orders = {epoch: sampler.epoch_order(epoch)}
-            order = orders[epoch]
+            epoch, first_micro = divmod(step * accum, run.steps_per_epoch * accum)
             step_finite = True
-            with ReductionScope(engine, accum, before_update) as scope:
-                for m in range(first_micro, first_micro + accum):
-                    indices = order[m * per_micro:(m + 1) * per_micro]
-                    if not args.collaborative:
-                        indices = indices[rank * args.per_device_train_batch_size:(rank + 1) * args.per_device_train_batch_size]
-                    drawn = [sampler.scored_group(i, epoch) for i in indices]
-                    groups = [(query, passages) for query, passages, _ in drawn]
-                    teacher = (torch.tensor([scores for _, _, scores in drawn], device=engine.device)
-                               if args.loss in losses.TEACHER_LOSSES else None)
-                    encoded = encode_micro_batch(groups, encoder, mode, rank, world, text)
-                    batches = [{k: v.to(engine.device) for k, v in b.items()} for b in encoded.batches]
-                    result = micro_batch_step(engine, batches, encoded.shape, data_args.train_group_size,
-                                              encoded.real.to(engine.device),
-                                              losses.group_loss(args.loss, args.temperature, teacher), mode,
-                                              scope.backward)
-                    if result.finite:
-                        window["loss"].append(result.loss.item())
-                    else:
+            with ReductionScope(engine, accum, partial(_before_update, on_reduced, progress, step + 1)) as scope:
+                for index in range(first_micro, first_micro + accum):
+                    micro = next_micro_batch(run.source, epoch, index)
+                    result = micro_batch_step(engine, micro, loss_fn, scope.backward, temperature=args.temperature)
+                    if not result.finite:
                         step_finite = False
                         scope.skip_micro_batch()
-                    window["pairs"] += encoded.pairs
-                    window["tokens"] += encoded.tokens
+                    progress.add(micro, result)
             step += 1
-            bar.update(1)
-            nonfinite_in_a_row = 0 if step_finite else nonfinite_in_a_row + 1
-            if not step_finite:
-                log.warning("step %d: non-finite loss; its micro-batches were skipped (%d in a row)", step,
-                            nonfinite_in_a_row)
-                if nonfinite_in_a_row >= args.max_nonfinite_steps:
-                    raise RuntimeError(f"{nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
-                                       f"(--max_nonfinite_steps {args.max_nonfinite_steps}); stopping without saving")
-
-            if logs(step):
-                norm, own_norm = engine.get_global_grad_norm(), module_norm.pop(step, None)
-                norm = own_norm if norm is None else float(norm)
-                pairs, tokens = distributed.all_reduce([window["pairs"], window["tokens"]])
-                elapsed = time.perf_counter() - window["start"]
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": _reduce_mean(window["loss"]),
-                       "lr": engine.get_lr()[0], "grad_norm": norm, "pairs_per_s": pairs / elapsed,
-                       "tokens_per_s": tokens / elapsed, "skipped_steps": engine.skipped_steps}
-                if args.fp16:  # dynamic loss scaling: the current scale
-                    row["loss_scale"] = float(engine.optimizer.cur_scale)
-                if train_log:
-                    train_log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                window = {"loss": [], "pairs": 0.0, "tokens": 0.0, "start": time.perf_counter()}
+            nonfinite.record(step, step_finite)
+            progress.step_done(engine, step)
 
             if preemption.any_rank() and step < total_steps:
-                save(step)
-                bar.close()
-                log.warning("checkpoint at step %d written after a preemption signal; exiting with %d",
-                            step, PREEMPTED_EXIT_CODE)
-                distributed.teardown()
-                sys.exit(PREEMPTED_EXIT_CODE)
+                checkpoints.save(step)
+                progress.close()
+                log.warning("checkpoint at step %d written after a preemption signal; stopping for a requeue", step)
+                return TrainResult(engine, step, preempted=True)
             if step % args.save_steps == 0 and step < total_steps:
-                save(step)
-        bar.close()
+                checkpoints.save(step)
+        progress.close()
 
-        final = save(step)
+        final = checkpoints.save(step)
         if distributed.is_main():
-            consolidate(final, output_dir)
-            if wandb_run is not None:
-                wandb_run.finish()
+            consolidate(final, Path(args.output_dir))
+            if train_log is not None:
+                train_log.finish()
         distributed.barrier()
-        return engine
+        return TrainResult(engine, step)
     finally:
         preemption.restore()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`bigrerank train`: 0 when done, 75 (PREEMPTED_EXIT_CODE) when a preemption signal stopped it."""
     from ..arguments import parse
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_args, data_args, args = parse(argv)
     try:
-        train(model_args, data_args, args)
+        result = train(model_args, data_args, args)
     except BaseException:
         distributed.teardown(wait_for_others=False)
         raise
     distributed.teardown()
+    if result.preempted:
+        log.warning("exiting with %d for a requeue", PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
     return 0
