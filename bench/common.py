@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -151,11 +152,31 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0, de
     return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
 
 
-def param_count(model_dir: str) -> int:
-    """Parameters of the reranker built on `model_dir` (backbone + 1-logit head)."""
-    from bigrerank.model import load_reranker
+@dataclass(frozen=True)
+class ModelShape:
+    """What a transformer's FLOPs per token depend on."""
 
-    return sum(p.numel() for p in load_reranker(model_dir).parameters())
+    non_embedding_params: int  # embedding tables are looked up, not multiplied: they do no matmul work
+    layers: int
+    hidden: int
+
+
+def model_shape(model) -> ModelShape:
+    """The shape of a Hugging Face model (any `torch.nn.Embedding` counts as embedding)."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    params = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+    return ModelShape(params, model.config.num_hidden_layers, model.config.hidden_size)
+
+
+def model_flops(shape: ModelShape, tokens: float, seq_len: float, training: bool = True) -> float:
+    """Model FLOPs of `tokens` tokens that each attend over `seq_len` tokens (PaLM, Chowdhery et al. 2022, app. B).
+
+    Forward, per token: 2 x non-embedding parameters (the matmuls) + 4 x layers x hidden x seq_len (attention's
+    scores and weighted sum); training (forward + backward) is three times the forward: 6N + 12 L H T. The basis of
+    every benchmark's model-FLOPs utilisation (MFU), which can then be set against the matmul peak itself.
+    """
+    per_token = 2 * shape.non_embedding_params + 4 * shape.layers * shape.hidden * seq_len
+    return (3 if training else 1) * per_token * tokens
 
 
 def table(headers: list[str], rows: list[list]) -> str:

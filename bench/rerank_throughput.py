@@ -7,7 +7,8 @@ bigrerank/inference/host_memory.py), eager and with `--torch_compile`; sentence-
 defaults, plus a row with the same allocator setting as bigrerank, so the code's share of the gain is visible.
 Every system first scores all candidates once untimed (the compiled ones compile then); rounds are then
 interleaved across the processes (one runs at a time) and the best round is kept. Both are set against a large
-matmul's GFLOP/s measured in the same run; model FLOPs = 2 x non-embedding parameters x tokens.
+matmul's GFLOP/s measured in the same run; model FLOPs: common.model_flops (forward: 2 x non-embedding
+parameters + attention's 4 x layers x hidden x pair length, per token).
 
     python bench/rerank_throughput.py [--queries 15] [--depth 20] [--max_len 256] [--batch_size 32] [--rounds 3]
                                       [--device cpu|cuda]
@@ -129,8 +130,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = reranker_dir(Path(tmp) / "model")
         probe = RerankerForInference.from_pretrained(model_dir, max_len=args.max_len, device="cpu")
-        tokens = sum(len(ids) for ids, _ in encode_candidates(probe.encoder(), candidates))
-        flops = 2 * sum(p.numel() for n, p in probe.hf_model.named_parameters() if "embeddings" not in n) * tokens
+        lengths = [len(ids) for ids, _ in encode_candidates(probe.encoder(), candidates)]
+        tokens = sum(lengths)  # each token attends over its pair: sum(length^2) / tokens on average
+        flops = common.model_flops(common.model_shape(probe.hf_model), tokens, sum(n * n for n in lengths) / tokens,
+                                   training=False)
         size = 8192 if args.device == "cuda" else 2048
         peak = {p: common.matmul_gflops(d, size if p == "fp32" else 2 * size, device=args.device)
                 for p, d in PRECISIONS.items()}

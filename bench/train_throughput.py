@@ -6,7 +6,8 @@ each configuration in a FRESH subprocess, the first step excluded from timing (w
   (b) `launch/train.py` on ZeRO-0 and ZeRO-2, fp32 and bf16 (pairs/s from train_log.jsonl, steps 2..N);
   (c) sentence-transformers' CrossEncoderTrainer (v4+) with its listwise ListNetLoss over the same groups
       (labels [30, 0, ...]: a one-hot target, i.e. the same cross-entropy as LCE), in the same group order.
-Model-FLOPs utilisation = 6 x params x tokens/s over a square-matmul peak measured in this run for each dtype.
+Model-FLOPs utilisation = common.model_flops (6 x non-embedding params + attention's 12 x layers x hidden x mean
+pair length, per token) x tokens/s over a square-matmul peak measured in this run for each dtype.
 Targets: bigrerank / plain loop >= 0.9; bigrerank / sentence-transformers >= 1.2.
 
     python bench/train_throughput.py [--steps 3] [--threads N] [--dtypes fp32,bf16] [--st-dtypes fp32] [--skip-st]
@@ -171,7 +172,9 @@ def main() -> int:
     threads = opts.threads or os.cpu_count()
     torch.set_num_threads(threads)
     dtypes = opts.dtypes.split(",")
-    params = common.param_count(common.minilm_dir())
+    from bigrerank.model import load_reranker
+
+    shape = common.model_shape(load_reranker(common.minilm_dir()))
     peaks = {d: common.matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in dtypes}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,14 +197,14 @@ def main() -> int:
         names = {"plain": "(a) plain PyTorch loop", "zero0": "(b) bigrerank ZeRO-0", "zero2": "(b) bigrerank ZeRO-2",
                  "st": f"(c) sentence-transformers {st_version} CrossEncoderTrainer"}
         for (kind, dtype), (pairs, tokens) in results.items():
-            mfu = 6 * params * tokens / (peaks[dtype] * 1e9)
+            mfu = common.model_flops(shape, tokens, seq_len=tokens / pairs) / (peaks[dtype] * 1e9)
             plain = results.get(("plain", dtype))
             st = results.get(("st", dtype))
             vs_plain = pairs / plain[0] if kind.startswith("zero") and plain else None
             vs_st = pairs / st[0] if kind.startswith("zero") and st else None
             rows.append([names[kind], dtype, f"{pairs:.2f}", f"{tokens:.0f}", f"{100 * mfu:.1f}%",
                          fmt_ratio(vs_plain, PLAIN_TARGET), fmt_ratio(vs_st, ST_TARGET)])
-    print(f"Training throughput, MiniLM-L6 ({params / 1e6:.1f}M params), SciFact groups of {GROUP}, {BATCH} queries "
+    print(f"Training throughput, MiniLM-L6 ({shape.non_embedding_params / 1e6:.1f}M non-embedding params), SciFact groups of {GROUP}, {BATCH} queries "
           f"a step, max_len {MAX_LEN}, steps 2..{opts.steps} timed, {threads} threads; {common.machine()}")
     print("matmul peak (2048^3): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
     print(common.table(["configuration", "dtype", "pairs/s", "tokens/s", "MFU", "b/a (target >= 0.9)",
