@@ -29,17 +29,35 @@ def _train_and_score(argv: list[str], logits_file: str):
         torch.save(logits, logits_file)
 
 
-@pytest.mark.parametrize("stage,bf16", [(1, False), (2, False), (3, False), (3, True), ("2_offload", False)])
-def test_consolidated_model_scores_like_the_live_engine(tmp_path, stage, bf16):
-    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
-    train = write_groups(tmp_path / "g.jsonl", queries=16)
-    out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", f"ds_configs/zero{stage}.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4", "--save_steps", "2",
-            *(["--bf16"] if bf16 else [])]
-    run_ranks(2, _train_and_score, argv, str(tmp_path / "live.pt"))
-    live = torch.load(tmp_path / "live.pt")
+def _train_and_score_each(jobs: list[tuple[list[str], str]]):
+    for argv, logits_file in jobs:
+        _train_and_score(argv, logits_file)
+
+
+CASES = [(1, False), (2, False), (3, False), (3, True), ("2_offload", False)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(model, {(stage, bf16): run dir}): every case trained on the same two ranks (one start, not one per case),
+    each run dir holding the run's `out/` and the live engine's logits `live.pt`."""
+    tmp = tmp_path_factory.mktemp("consolidate")
+    model = tiny_model_dir(tmp / "model", init_range=0.2)
+    train = write_groups(tmp / "g.jsonl", queries=16)
+    runs = {(stage, bf16): tmp / f"zero{stage}-{'bf16' if bf16 else 'fp32'}" for stage, bf16 in CASES}
+    jobs = [(["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(run / "out"),
+              "--ds_config", f"ds_configs/zero{stage}.json", "--train_group_size", "4", "--max_len", "32",
+              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4", "--save_steps", "2",
+              *(["--bf16"] if bf16 else [])], str(run / "live.pt")) for (stage, bf16), run in runs.items()]
+    run_ranks(2, _train_and_score_each, jobs)
+    return model, runs
+
+
+@pytest.mark.parametrize("stage,bf16", CASES)
+def test_consolidated_model_scores_like_the_live_engine(trained, tmp_path, stage, bf16):
+    model, runs = trained
+    out = runs[(stage, bf16)] / "out"
+    live = torch.load(runs[(stage, bf16)] / "live.pt")
 
     exported = tmp_path / "from_step2"
     assert cli.main(["consolidate", str(out / "checkpoints"), str(exported), "--tag", "step-2"]) == 0

@@ -53,18 +53,34 @@ def test_loss_goes_down_on_every_config(data, world):
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("world,config", [(1, "zero0"), (1, "zero2"), (2, "zero3"), (1, "zero2_offload"), (2, "zero3_offload")])
-def test_resume_is_exact(tmp_path, world, config):
+RESUME_CASES = [(1, "zero0"), (1, "zero2"), (2, "zero3"), (1, "zero2_offload"), (2, "zero3_offload")]
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory):
+    """{(world, config): (straight, resumed) output dirs} for every resume case. The ranks are shared: one start
+    per world size for the straight runs and one for the resumed runs, rather than two per case."""
+    tmp = tmp_path_factory.mktemp("resume")
+    model = tiny_model_dir(tmp / "model", dropout=0.1, init_range=0.2)
+    train = write_groups(tmp / "groups.jsonl", queries=32)
+    runs = {(world, config): (tmp / f"w{world}-{config}" / "straight", tmp / f"w{world}-{config}" / "resumed")
+            for world, config in RESUME_CASES}
+    for world in (1, 2):
+        run_jobs(world, [_argv(model, train, straight, config, "--max_steps", "6", "--save_steps", "3")
+                         for (w, config), (straight, _) in runs.items() if w == world])
+    for straight, resumed in runs.values():
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(straight / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
+    for world in (1, 2):
+        run_jobs(world, [_argv(model, train, resumed, config, "--max_steps", "6", "--resume_from_checkpoint", "latest")
+                         for (w, config), (_, resumed) in runs.items() if w == world])
+    return runs
+
+
+@pytest.mark.parametrize("world,config", RESUME_CASES)
+def test_resume_is_exact(resumed_runs, world, config):
     """6 steps straight == 3 steps, checkpoint, resume, 3 steps (fp32, dropout on: the RNG is restored too)."""
-    model = tiny_model_dir(tmp_path / "model", dropout=0.1, init_range=0.2)
-    train = write_groups(tmp_path / "groups.jsonl", queries=32)
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    first = _argv(model, train, straight, config, "--max_steps", "6", "--save_steps", "3")
-    run_jobs(world, [first])
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
-    second = _argv(model, train, resumed, config, "--max_steps", "6", "--resume_from_checkpoint", "latest")
-    run_jobs(world, [second])
+    straight, resumed = resumed_runs[(world, config)]
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all((a[k] == b[k]).all() for k in a), relative_difference(b, a)
     assert _losses(straight)[3:] == _losses(resumed)[-3:]
