@@ -89,6 +89,28 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_pa
     assert _same_weights(out, reference)
 
 
+def test_train_returns_a_preempted_result_instead_of_exiting(setup, tmp_path):
+    """The library function tests and benchmarks call does not exit the process: a preemption signal ends the
+    run after its step with a checkpoint and a result that says so (`main` maps it to exit code 75)."""
+    tmp, model, train = setup
+    out = tmp_path / "signalled"
+    steps = {"n": 0}
+
+    def signal_in_step_two(engine):
+        steps["n"] += 1
+        if steps["n"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    try:
+        result = trainer.train(*parse(_argv(model, train, out, "--max_steps", "10", "--save_steps", "1000")),
+                               on_reduced=signal_in_step_two)
+    finally:
+        distributed.teardown(wait_for_others=False)
+    assert result.preempted and result.step == 2
+    assert store.complete_tags(out / "checkpoints") == ["step-2"] and not (out / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler was given back
+
+
 def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setup, tmp_path):
     tmp, model, train = setup
     reference, out = tmp_path / "reference", tmp_path / "killed"
