@@ -24,7 +24,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
-from . import distributed, ds_config, skip_non_finite
+from . import distributed, ds_config, resume_check, run_dir, skip_non_finite
 from .batches import encode_micro_batch
 from .steps import ReductionScope, StepMode, micro_batch_step
 
@@ -33,16 +33,20 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written on SIGUSR1/SIGTERM; 
 
 
 class Preemption:
-    """Remembers SIGUSR1/SIGTERM so the loop can finish its step, checkpoint and exit."""
+    """Remembers SIGUSR1/SIGTERM/SIGINT (Ctrl-C) so the loop can finish its step, checkpoint and exit; a second
+    Ctrl-C aborts at once."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, _frame):
-        log.warning("signal %s received: checkpointing after this step", signal.Signals(signum).name)
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        log.warning("signal %s received: checkpointing after this step (exit code %d)%s", signal.Signals(signum).name,
+                    PREEMPTED_EXIT_CODE, "; Ctrl-C again to abort at once" if signum == signal.SIGINT else "")
         self.requested = True
 
     def any_rank(self) -> bool:
@@ -138,6 +142,7 @@ def train(model_args, data_args, args, on_reduced=None):
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
+    resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
@@ -146,15 +151,17 @@ def train(model_args, data_args, args, on_reduced=None):
     text = is_text(dataset)
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
+    recorded = resume_check.settings(model_args, data_args, args, world, dataset, raw_config)
+    resume_check.check(resume_dir, recorded)
     torch.manual_seed(args.seed)  # the same new head on every rank
     engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config)
     torch.manual_seed(args.seed + rank)  # dropout differs across ranks
 
     output_dir, ckpt_root = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
-    resume_dir = store.resolve(ckpt_root, args.resume_from_checkpoint)
     step = store.load(engine, resume_dir)["step"] if resume_dir else 0
     if resume_dir:
         log.info("resumed from %s at step %d", resume_dir, step)
+    run_dir.clear_previous(args)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     info = {"base_model": model_args.model_name_or_path, "loss": args.loss, "train_group_size": data_args.train_group_size,
@@ -186,7 +193,7 @@ def train(model_args, data_args, args, on_reduced=None):
                 module_norm[step + 1] = _module_grad_norm(engine)
 
         def save(at_step: int) -> Path:
-            client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
+            client = {"step": at_step, **recorded}
             return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
                               hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
 
