@@ -43,6 +43,7 @@ def test_latest_means_the_same_checkpoint_to_resume_rotation_and_consolidation(t
     assert store.latest(root) == root / "step-20"
     assert store.resolve(root, "latest") == root / "step-20"
     assert store.resolve(root, str(root)) == root / "step-20"
+    assert store.resolve(root, str(tmp_path)) == root / "step-20"  # the run's output directory
     assert locate(root) == (root, "step-20")
     store.rotate(root, keep=1)
     assert (root / "step-20").is_dir() and not (root / "step-10").exists()
@@ -135,7 +136,8 @@ def test_a_fresh_run_refuses_a_directory_holding_a_previous_run(data, tmp_path, 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     _no_model_load(monkeypatch)
     assert _train(_argv(data, out, "--max_steps", "6", "--seed", "7")) == 2
-    _one_line_error(capsys, str(out), "holds a previous run", "checkpoints", "--overwrite_output_dir",
+    _one_line_error(capsys, str(out), "holds a previous run (checkpoints, train_log.jsonl, an exported model)",
+                    "--overwrite_output_dir",
                     "--resume_from_checkpoint latest")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing touched
 
@@ -172,7 +174,7 @@ def test_a_resume_with_other_settings_is_refused_naming_each(data, tmp_path, cap
                  "--train_group_size", "3", "--logging_steps", "2")
     assert _train(argv) == 2
     line = _one_line_error(capsys, "step-2", "learning_rate 0.001 -> 0.002", "train_group_size 4 -> 3",
-                           "max_steps 2 -> 4")
+                           "total_steps 2 -> 4")
     assert "logging_steps" not in line  # allowed to change
 
 
@@ -251,3 +253,15 @@ def test_a_second_ctrl_c_aborts_at_once():
             preemption._handle(signal.SIGINT, None)
     finally:
         preemption.restore()
+
+
+def test_resume_latest_does_not_start_over_a_finished_run_without_checkpoints(data, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    out = tmp_path / "out"
+    assert _train(_argv(data, out, "--max_steps", "2")) == 0
+    shutil.rmtree(out / "checkpoints")  # the user kept only the model
+    _no_model_load(monkeypatch)
+    assert _train(_argv(data, out, "--max_steps", "2", "--resume_from_checkpoint", "latest")) == 2
+    _one_line_error(capsys, "holds a previous run (train_log.jsonl, an exported model)", "no checkpoint to resume")
+    assert (out / "model.safetensors").is_file()

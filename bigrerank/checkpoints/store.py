@@ -167,16 +167,19 @@ def is_save_dir(path: Path) -> bool:
 
 
 def resolve(root, requested: str | None) -> Path | None:
-    """The checkpoint to resume from: 'latest' -> `latest(root)` (or None); a save dir -> its `latest`; a tag."""
+    """The checkpoint to resume from: 'latest' -> `latest(root)` (or None); an output or save dir -> its
+    `latest`; else a tag directory, which must be complete."""
     if requested is None:
         return None
     if requested == "latest":
         return latest(root)
     path = Path(requested)
+    if is_save_dir(path / "checkpoints"):  # a run's output directory
+        path = path / "checkpoints"
     if is_save_dir(path):
         found = latest(path)
         if found is None:
-            raise InputError(path, f"cannot resume from {path}: it holds no complete checkpoint")
+            raise InputError("--resume_from_checkpoint", f"cannot resume from {path}: no complete checkpoint in it")
         return found
     reason = incomplete_reason(path) if path.is_dir() else "no such checkpoint directory"
     if reason:

@@ -7,8 +7,9 @@ or `NOT_COMPARED` is refused when it differs, because it breaks the exact resume
   `datasets` fingerprint of the converted data), `train_group_size`, `max_len`, `seed`,
   `per_device_train_batch_size`, `gradient_accumulation_steps`, `world_size` (queries per step, each
   rank's RNG stream, ZeRO partitions), `collaborative`, `grad_cache_chunk_size` (dropout draws);
-- the loss (`loss`, `temperature`) and the update: `learning_rate`, the schedule (`warmup_ratio`,
-  `warmup_steps`, `num_train_epochs`, `max_steps`), AdamW (`weight_decay`, `adam_beta1/2`, `adam_epsilon`),
+- the loss (`loss`, `temperature`) and the update: `learning_rate`, the schedule (`total_steps` and
+  `warmup_num_steps`, as `--max_steps`/`--num_train_epochs` and `--warmup_steps`/`--warmup_ratio` give
+  them), AdamW (`weight_decay`, `adam_beta1/2`, `adam_epsilon`),
   `max_grad_norm`, precision (`bf16`, `fp16`) and the DeepSpeed engine (`zero_stage`, `offload_optimizer`,
   `offload_param`, `optimizer`: the config's optimizer type; its other values come from the arguments).
 Settings that only change what is logged, saved or waited for are allowed, with a warning (`MAY_CHANGE`).
@@ -21,18 +22,20 @@ from pathlib import Path
 
 from ..checkpoints import store
 from ..errors import InputError
+from .ds_config import warmup_steps
 
 log = logging.getLogger(__name__)
 MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
                         "run_name", "max_nonfinite_steps", "ddp_timeout"})
-NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank"})
+NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",
+                          "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio"})  # as the schedule
 
 
 def _offload(zero: dict, key: str) -> str:
     return str((zero.get(key) or {}).get("device", "none"))
 
 
-def settings(model_args, data_args, args, world_size: int, dataset, ds_config: dict) -> dict:
+def settings(model_args, data_args, args, world_size: int, dataset, ds_config: dict, total_steps: int) -> dict:
     """What a checkpoint records of its run (JSON): the arguments, and what they do not show."""
     zero = ds_config.get("zero_optimization", {})
     optimizer = ds_config.get("optimizer") or {}
@@ -40,7 +43,8 @@ def settings(model_args, data_args, args, world_size: int, dataset, ds_config: d
               "offload_param": _offload(zero, "offload_param"),
               "optimizer": f"{optimizer.get('type')} (torch_adam={optimizer.get('params', {}).get('torch_adam')})"}
     return {"model": asdict(model_args), "data": asdict(data_args), "args": asdict(args),
-            "run": {"world_size": world_size, "training_queries": len(dataset),
+            "run": {"world_size": world_size, "training_queries": len(dataset), "total_steps": total_steps,
+                    "warmup_num_steps": warmup_steps(args, total_steps),
                     "data_fingerprint": getattr(dataset, "_fingerprint", None), **engine}}
 
 

@@ -67,9 +67,12 @@ def check(data_args, args, model_config, model_path: str) -> Path | None:
     # `latest` with nothing to resume: what is there was left by a run that never checkpointed (no model)
     leftovers = args.resume_from_checkpoint == "latest" and not exported_files(output_dir)
     if found and not (continues_own or leftovers or args.overwrite_output_dir):
-        names = ", ".join(p.name for p in found[:4]) + (", …" if len(found) > 4 else "")
-        raise InputError(output_dir, f"--output_dir holds a previous run ({names}): continue it with "
-                                     "--resume_from_checkpoint latest, or start over with --overwrite_output_dir")
+        exported = exported_files(output_dir)
+        names = ", ".join([p.name for p in found if p not in exported] + (["an exported model"] if exported else []))
+        hint = ("it has no checkpoint to resume: start over with --overwrite_output_dir (without "
+                "--resume_from_checkpoint latest)" if args.resume_from_checkpoint == "latest" else
+                "continue it with --resume_from_checkpoint latest, or start over with --overwrite_output_dir")
+        raise InputError(output_dir, f"--output_dir holds a previous run ({names}): {hint}")
     return resume
 
 

@@ -151,7 +151,7 @@ def train(model_args, data_args, args, on_reduced=None):
     text = is_text(dataset)
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
-    recorded = resume_check.settings(model_args, data_args, args, world, dataset, raw_config)
+    recorded = resume_check.settings(model_args, data_args, args, world, dataset, raw_config, total_steps)
     resume_check.check(resume_dir, recorded)
     torch.manual_seed(args.seed)  # the same new head on every rank
     engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config)
