@@ -2,8 +2,9 @@
 
 Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
 weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole weights and are read
-directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The directory (config.json with num_labels=1, model.safetensors — sharded when large —,
-tokenizer files, README.md model card) is built in a temporary folder and moved into place complete.
+directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
+directory (config.json with num_labels=1, model.safetensors — sharded when large —, tokenizer files,
+README.md model card) is built in a temporary folder and moved into place complete.
 """
 from __future__ import annotations
 

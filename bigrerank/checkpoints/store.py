@@ -125,9 +125,9 @@ def incomplete_reason(tag_dir: Path) -> str | None:
     missing = [f for f in files if not (tag_dir / f).is_file()]
     if missing:
         return f"missing files: {', '.join(missing[:5])}"
-    for name, size in sizes.items():
-        found = (tag_dir / name).stat().st_size
-        if found != size:
+    for name in files:
+        found, size = (tag_dir / name).stat().st_size, sizes.get(name)
+        if size is not None and found != size:
             return f"{tag_dir / name} has {found} bytes, the save wrote {size} (truncated or replaced)"
     return None
 
