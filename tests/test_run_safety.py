@@ -265,3 +265,17 @@ def test_resume_latest_does_not_start_over_a_finished_run_without_checkpoints(da
     assert _train(_argv(data, out, "--max_steps", "2", "--resume_from_checkpoint", "latest")) == 2
     _one_line_error(capsys, "holds a previous run (train_log.jsonl, an exported model)", "no checkpoint to resume")
     assert (out / "model.safetensors").is_file()
+
+
+def test_an_unwritable_output_dir_is_one_line_before_the_model_loads(data, tmp_path, capsys, monkeypatch):
+    from bigrerank.training import run_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(run_dir.os, "access",  # as a non-root user sees a 0555 directory (root may write anywhere)
+                        lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    _no_model_load(monkeypatch)
+    assert _train(_argv(data, locked / "out", "--max_steps", "2")) == 2
+    _one_line_error(capsys, "--output_dir is not writable", f"({locked} denies writing)")
+    assert list(locked.iterdir()) == []
