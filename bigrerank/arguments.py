@@ -26,6 +26,10 @@ class DataArguments:
 @dataclass
 class TrainingArguments:
     output_dir: str = field(metadata={"help": "Where checkpoints, logs and the final model go."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an --output_dir holding a previous run: its checkpoints/, train_log.jsonl and "
+                "exported model are deleted first (nothing else). Without it such a directory is refused, unless "
+                "the run resumes from it."})
     ds_config: str = field(default="ds_configs/zero2.json", metadata={"help": "DeepSpeed JSON config."})
     learning_rate: float = 2e-5
     weight_decay: float = 0.0

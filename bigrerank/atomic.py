@@ -33,6 +33,14 @@ def atomic_file(path, mode: str = "w", **open_kwargs):
         raise
 
 
+def apply_umask(directory: Path) -> None:
+    """Give every file under `directory` the mode a plain `open` would (0666 less the umask); some writers
+    (safetensors) create theirs 0600."""
+    for path in Path(directory).rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~_umask())
+
+
 def temp_dir_beside(path: Path) -> Path:
     """A new hidden directory next to `path` (same file system, so a rename moves it into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,13 @@ def load_tokenizer(name_or_path: str):
     return _pretrained(AutoTokenizer, name_or_path)
 
 
+def max_len_problem(max_len: int, max_positions: int | None) -> str | None:
+    """Why pairs of `max_len` tokens do not fit a model with `max_positions` positions (None: they do)."""
+    if max_positions is not None and max_len > max_positions:
+        return f"max_len {max_len} exceeds the model's {max_positions} positions"
+    return None
+
+
 def load_reranker(name_or_path: str, head_init_std: float | None = None, **config_overrides) -> PreTrainedModel:
     """Any backbone with a single-logit classification head (a new head when the checkpoint has another)."""
     config = load_config(name_or_path, num_labels=1, **config_overrides)

@@ -86,3 +86,53 @@ def test_consolidate_refuses_incomplete_checkpoints(tmp_path):
     with pytest.raises(InputError, match="no 'latest' file and no --tag"):
         consolidate(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _train_and_save_masters(argv: list[str], masters_file: str):
+    from bigrerank.arguments import parse
+    from bigrerank.training import trainer
+
+    engine = trainer.train(*parse(argv)).engine
+    names = {id(param): name for name, param in engine.module.named_parameters()}
+    optimizer = engine.optimizer  # DeepSpeed's mixed-precision wrapper: bf16 module weights, fp32 masters
+    torch.save({names[id(low)]: master.detach().clone()
+                for lows, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups)
+                for low, master in zip(lows, masters)}, masters_file)
+
+
+def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    train = write_groups(tmp_path / "g.jsonl", queries=16)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
+            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--max_steps", "3", "--bf16"]
+    run_ranks(1, _train_and_save_masters, argv, str(tmp_path / "masters.pt"))
+    masters = torch.load(tmp_path / "masters.pt")
+    exported = load_file(str(out / "model.safetensors"))
+    assert masters and all(exported[name].dtype == torch.float32 for name in masters)
+    for name, master in masters.items():
+        assert torch.equal(exported[name], master), name
+    assert any(not torch.equal(m, m.bfloat16().float()) for m in masters.values())  # not bf16 values upcast
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+    import os
+
+    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    train = write_groups(tmp_path / "g.jsonl", queries=16)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
+            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
+            "--per_device_train_batch_size", "2", "--max_steps", "1"]
+    previous = os.umask(0o027)
+    try:
+        assert cli.main(["train", *argv]) == 0
+    finally:
+        os.umask(previous)
+        from bigrerank import distributed
+        distributed.teardown(wait_for_others=False)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes

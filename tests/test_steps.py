@@ -100,3 +100,54 @@ def test_one_gradient_reduction_per_optimizer_step_under_zero2(tmp_path):
     run_ranks(2, _count_reductions, argv, str(out_file))
     # 2 micro-batches x 4 chunks = 8 backward passes per step, one reduction
     assert json.loads(out_file.read_text()) == [1, 1, 1]
+
+
+def _last_micro_batch_not_finite(argv: list[str], factor: float, weights_file: str):
+    """Train with the second loss call (step 1's last micro-batch) multiplied by `factor`; save this rank's
+    final weights to weights_file.<rank>."""
+    import torch
+
+    from bigrerank import distributed, losses
+    from bigrerank.arguments import parse
+    from bigrerank.training import trainer
+
+    calls = {"n": 0}
+    original = losses.LOSSES["lce"]
+
+    def scaled_second_call(scores, teacher=None, temperature=1.0):
+        calls["n"] += 1
+        loss = original.fn(scores, teacher, temperature)
+        return loss * factor if calls["n"] == 2 else loss
+
+    losses.LOSSES["lce"] = losses.LossSpec(scaled_second_call)
+    try:
+        engine = trainer.train(*parse(argv)).engine
+    finally:
+        losses.LOSSES["lce"] = original
+    torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+               f"{weights_file}.{distributed.rank()}")
+
+
+def test_a_skipped_last_micro_batch_still_reduces_the_others_on_zero0(tmp_path):
+    """ZeRO-0, 2 ranks, accumulation 2: a non-finite loss in the last micro-batch skips it, and the first
+    micro-batch's gradients are still reduced (DeepSpeed reduces only at a boundary): the replicas stay
+    identical and equal a run whose last micro-batch contributes a zero gradient instead."""
+    import torch
+
+    model = tiny_model_dir(tmp_path / "m", init_range=0.2)
+    train = write_groups(tmp_path / "g.jsonl", queries=16)
+
+    def argv(out):
+        return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
+                "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "24",
+                "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                "--learning_rate", "1e-2", "--max_steps", "3", "--save_steps", "1000"]
+
+    run_ranks(2, _last_micro_batch_not_finite, argv(tmp_path / "nan"), float("nan"), str(tmp_path / "nan.pt"))
+    run_ranks(2, _last_micro_batch_not_finite, argv(tmp_path / "zero"), 0.0, str(tmp_path / "zero.pt"))
+    skipped = [torch.load(tmp_path / f"nan.pt.{rank}") for rank in (0, 1)]
+    dropped = torch.load(tmp_path / "zero.pt.0")
+    assert json.loads((tmp_path / "nan" / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    for name, reference in dropped.items():
+        assert torch.equal(skipped[0][name], skipped[1][name]), name  # the replicas did not diverge
+        assert torch.equal(skipped[0][name], reference), name

@@ -2,8 +2,9 @@
 
 Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
 weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole weights and are read
-directly. The directory (config.json with num_labels=1, model.safetensors — sharded when large —,
-tokenizer files, README.md model card) is built in a temporary folder and moved into place complete.
+directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
+directory (config.json with num_labels=1, model.safetensors — sharded when large —, tokenizer files,
+README.md model card) is built in a temporary folder and moved into place complete.
 """
 from __future__ import annotations
 
@@ -16,11 +17,25 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
 
-from ..atomic import temp_dir_beside
+from ..atomic import apply_umask, temp_dir_beside
 from ..errors import InputError
-from .store import MANIFEST, incomplete_reason
+from .store import MANIFEST, incomplete_reason, is_save_dir, latest, read_manifest
 
 TRAINING_INFO = "bigrerank_training.json"
+EXPORTED_FILES = "exported_files"  # the key of TRAINING_INFO listing the export's files
+
+
+def exported_files(directory) -> list[Path]:
+    """The files of a previous export in `directory` (the ones its TRAINING_INFO lists), else []."""
+    info_file = Path(directory) / TRAINING_INFO
+    if not info_file.is_file():
+        return []
+    try:
+        names = json.loads(info_file.read_text()).get(EXPORTED_FILES) or []
+    except (ValueError, AttributeError):
+        names = []
+    plain = {name for name in (*names, TRAINING_INFO) if isinstance(name, str) and Path(name).name == name != ".."}
+    return sorted(Path(directory) / name for name in plain if (Path(directory) / name).exists())
 
 
 def locate(checkpoint, tag: str | None = None) -> tuple[Path, str]:
@@ -31,10 +46,15 @@ def locate(checkpoint, tag: str | None = None) -> tuple[Path, str]:
     if tag is None and (path / MANIFEST).is_file():
         return path.parent, path.name
     if tag is None:
-        latest = path / "latest"
-        if not latest.is_file():
-            raise InputError(path, "no 'latest' file and no --tag: which checkpoint?")
-        tag = latest.read_text().strip()
+        found = latest(path) if is_save_dir(path) else None
+        if found is None:
+            pointer = path / "latest"
+            if not pointer.is_file():
+                raise InputError(path, "no 'latest' file and no --tag, and no complete step-N checkpoint: "
+                                       "which checkpoint?")
+            tag = pointer.read_text().strip()
+        else:
+            tag = found.name
     reason = incomplete_reason(path / tag)
     if reason:
         raise InputError(path / tag, f"checkpoint is not complete: {reason}")
@@ -52,8 +72,27 @@ def fp32_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
         except ValueError as e:
             if "is not a zero checkpoint" not in str(e):
                 raise
-    module = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in module.items()}
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    weights = {name: tensor.float() if tensor.is_floating_point() else tensor
+               for name, tensor in states["module"].items()}
+    group_names = read_manifest(tag_dir).get("master_weight_groups")
+    weights.update(_master_weights(states.get("optimizer"), group_names, weights))
+    return weights
+
+
+def _master_weights(optimizer_state, group_names: list[list[str]] | None, module: dict) -> dict[str, torch.Tensor]:
+    """ZeRO-0 in bf16/fp16: {name: fp32 master weight} from DeepSpeed's mixed-precision optimizer state
+    (a tensor per parameter, or one flat tensor per group, in the group's parameter order)."""
+    if not group_names or not isinstance(optimizer_state, dict):
+        return {}
+    groups = optimizer_state.get("fp32_groups")
+    if groups is None and optimizer_state.get("fp32_groups_flat") is not None:
+        groups = [flat.split([module[name].numel() for name in names])
+                  for names, flat in zip(group_names, optimizer_state["fp32_groups_flat"], strict=True)]
+    masters = {}
+    for names, tensors in zip(group_names, groups or [], strict=True):
+        masters.update((name, t.float().view(module[name].shape)) for name, t in zip(names, tensors, strict=True))
+    return masters
 
 
 def model_card(config, info: dict) -> str:
@@ -83,7 +122,9 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
                               max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(config, info))
-        (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=1, default=str))
+        files = sorted([*(p.name for p in tmp.iterdir()), TRAINING_INFO])
+        (tmp / TRAINING_INFO).write_text(json.dumps({**info, EXPORTED_FILES: files}, indent=1, default=str))
+        apply_umask(tmp)
         _place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,8 +3,13 @@
 
 Layout under `<output_dir>/checkpoints/`: one DeepSpeed tag directory per saved step (`step-<N>/`),
 each holding DeepSpeed's files, `hf/` (model config + tokenizer, so the tag consolidates on its own),
-`rng_state_<rank>.pt`, and last `COMPLETE` (the list of files written, added only after every rank
-finished). `latest` names the newest complete tag and is replaced atomically.
+`rng_state_<rank>.pt`, and last `COMPLETE` (the files written with their sizes, and the run's client state;
+added only after every rank finished, and removed before any rank writes when a tag is saved again). The
+`latest` pointer is replaced atomically after each complete save.
+
+"latest" has one meaning everywhere (`latest`: resume, rotation, consolidation): the tag the pointer names,
+when it is complete; else the newest complete tag before it (a re-save of that tag was cut short); without a
+pointer (a tag copied by hand), the newest complete tag.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 
 from .. import distributed
 from ..atomic import atomic_file
+from ..errors import InputError
 from ..rng import RngState
 
 log = logging.getLogger(__name__)
@@ -53,7 +59,9 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
          hf_files: dict[str, str] | None = None) -> Path:
     """Save a checkpoint of every rank; mark it complete and point `latest` at it only when all are done.
 
-    `hf_files` ({name: text}) are written into the tag's `hf/` folder beside the config and tokenizer.
+    `client_state` must be JSON-serialisable: the manifest records it, so a resume can compare settings
+    before loading anything. `hf_files` ({name: text}) are written into the tag's `hf/` folder beside the
+    config and tokenizer.
     """
     root = Path(root)
     tag = tag_for(step)
@@ -61,6 +69,9 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
     if not weights_finite(engine):
         raise RuntimeError(f"the weights are not finite at step {step}: no checkpoint written "
                            "(lower the learning rate, or use fp32/bf16 with --max_grad_norm)")
+    if distributed.is_main():  # a tag saved again is incomplete from its first written byte on
+        (tag_dir / MANIFEST).unlink(missing_ok=True)
+    distributed.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(RngState().to_dict(), tag_dir / f"rng_state_{distributed.rank()}.pt")
     distributed.barrier()
@@ -69,14 +80,36 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
         tokenizer.save_pretrained(tag_dir / "hf")
         for name, text in (hf_files or {}).items():
             (tag_dir / "hf" / name).write_text(text)
-        files = sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file())
+        files = sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+        manifest = {"step": step, "world_size": distributed.world_size(),
+                    "files": [str(p.relative_to(tag_dir)) for p in files],
+                    "sizes": {str(p.relative_to(tag_dir)): p.stat().st_size for p in files},
+                    "client_state": client_state, "master_weight_groups": master_weight_groups(engine)}
         with atomic_file(tag_dir / MANIFEST) as f:
-            json.dump({"step": step, "world_size": distributed.world_size(), "files": files}, f, indent=1)
+            json.dump(manifest, f, indent=1)
         with atomic_file(root / "latest") as f:
             f.write(tag)
         rotate(root, keep)
     distributed.barrier()
     return tag_dir
+
+
+def master_weight_groups(engine) -> list[list[str]] | None:
+    """ZeRO-0 in bf16/fp16: the parameter names of each of the optimizer's fp32 master groups, in order.
+
+    DeepSpeed saves those master copies in the model-states file without names; consolidation pairs them
+    with these. None where the checkpoint needs no names (fp32, ZeRO 1-3: `zero_to_fp32` reads them).
+    """
+    groups = getattr(engine.optimizer, "fp16_groups", None) if engine.zero_optimization_stage() == 0 else None
+    if groups is None:
+        return None
+    names = {id(param): name for name, param in engine.module.named_parameters()}
+    return [[names[id(param)] for param in group] for group in groups]
+
+
+def read_manifest(tag_dir: Path) -> dict:
+    """The COMPLETE manifest of a tag (call only on a complete tag)."""
+    return json.loads((Path(tag_dir) / MANIFEST).read_text())
 
 
 def incomplete_reason(tag_dir: Path) -> str | None:
@@ -85,11 +118,18 @@ def incomplete_reason(tag_dir: Path) -> str | None:
     if not manifest.is_file():
         return f"no {MANIFEST} marker (the save did not finish)"
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as e:
+        record = json.loads(manifest.read_text())
+        files, sizes = record["files"], record.get("sizes", {})
+    except (ValueError, KeyError, TypeError) as e:
         return f"unreadable {MANIFEST} ({e})"
     missing = [f for f in files if not (tag_dir / f).is_file()]
-    return f"missing files: {', '.join(missing[:5])}" if missing else None
+    if missing:
+        return f"missing files: {', '.join(missing[:5])}"
+    for name in files:
+        found, size = (tag_dir / name).stat().st_size, sizes.get(name)
+        if size is not None and found != size:
+            return f"{tag_dir / name} has {found} bytes, the save wrote {size} (truncated or replaced)"
+    return None
 
 
 def complete_tags(root) -> list[str]:
@@ -108,19 +148,42 @@ def complete_tags(root) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
+def latest(root) -> Path | None:
+    """The checkpoint "latest" means (see the module docstring), or None when there is none."""
+    root = Path(root)
+    pointer = root / "latest"
+    named = pointer.read_text().strip() if pointer.is_file() else None
+    bound = int(TAG.match(named).group(1)) if named and TAG.match(named) else None
+    tags = [t for t in complete_tags(root) if bound is None or int(TAG.match(t).group(1)) <= bound]
+    if named and tags and tags[-1] != named:
+        log.warning("checkpoint %s ('latest') is not complete: using %s", root / named, tags[-1])
+    return root / tags[-1] if tags else None
+
+
+def is_save_dir(path: Path) -> bool:
+    """A directory of checkpoint tags (with a `latest` pointer or step-N folders), not a tag itself."""
+    return path.is_dir() and not (path / MANIFEST).exists() and (
+        (path / "latest").is_file() or any(TAG.match(p.name) and p.is_dir() for p in path.iterdir()))
+
+
 def resolve(root, requested: str | None) -> Path | None:
-    """The checkpoint to resume from: 'latest' -> newest complete tag (or None), else the given directory."""
+    """The checkpoint to resume from: 'latest' -> `latest(root)` (or None); an output or save dir -> its
+    `latest`; else a tag directory, which must be complete."""
     if requested is None:
         return None
     if requested == "latest":
-        tags = complete_tags(root)
-        return Path(root) / tags[-1] if tags else None
+        return latest(root)
     path = Path(requested)
-    if (path / "latest").is_file() and not (path / MANIFEST).exists():
-        path = path / (path / "latest").read_text().strip()
-    reason = incomplete_reason(path) if path.is_dir() else "no such directory"
+    if is_save_dir(path / "checkpoints"):  # a run's output directory
+        path = path / "checkpoints"
+    if is_save_dir(path):
+        found = latest(path)
+        if found is None:
+            raise InputError("--resume_from_checkpoint", f"cannot resume from {path}: no complete checkpoint in it")
+        return found
+    reason = incomplete_reason(path) if path.is_dir() else "no such checkpoint directory"
     if reason:
-        raise ValueError(f"cannot resume from {path}: {reason}")
+        raise InputError("--resume_from_checkpoint", f"cannot resume from {path}: {reason}")
     return path
 
 
@@ -137,11 +200,11 @@ def load(engine, tag_dir: Path) -> dict:
 
 
 def rotate(root, keep: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond `keep` (never the one `latest` names)."""
+    """Delete the oldest complete checkpoints beyond `keep` (never the one `latest` means)."""
     if not keep:
         return
     root = Path(root)
-    latest = (root / "latest").read_text().strip() if (root / "latest").is_file() else None
-    tags = [t for t in complete_tags(root) if t != latest]
+    newest = latest(root)
+    tags = [t for t in complete_tags(root) if newest is None or t != newest.name]
     for tag in tags[:max(0, len(tags) - (keep - 1))]:
         shutil.rmtree(root / tag, ignore_errors=True)

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Batc
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..data.pairs import PairEncoder
+from ..model import max_len_problem
 from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,8 +102,9 @@ class RerankerForInference(nn.Module):
                    torch_compile=torch_compile)
 
     def _check_max_len(self, max_len: int) -> int:
-        if self.max_positions is not None and max_len > self.max_positions:
-            raise ValueError(f"max_len {max_len} exceeds the model's {self.max_positions} positions")
+        problem = max_len_problem(max_len, self.max_positions)
+        if problem:
+            raise ValueError(problem)
         return max_len
 
     def encoder(self, max_len: int | None = None) -> PairEncoder:

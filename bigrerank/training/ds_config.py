@@ -26,9 +26,17 @@ def load(path) -> dict:
         raise InputError(path, f"malformed JSON ({e.msg}, column {e.colno})", e.lineno) from None
     if not isinstance(config, dict):
         raise InputError(path, "expected a JSON object at the top level")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise InputError(path, f"expected an object, got {json.dumps(zero)}", field="zero_optimization")
+    stage = zero.get("stage", 0)
+    if type(stage) is not int or stage not in ZERO_STAGES:
+        raise InputError(path, f"the ZeRO stage must be 0, 1, 2 or 3, got {json.dumps(stage)}",
+                         field="zero_optimization.stage")
     return config
 
 
+ZERO_STAGES = (0, 1, 2, 3)
 BUCKET_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
 
 

@@ -118,10 +118,14 @@ class ReductionScope:
             engine.backward(surrogate)
 
     def skip_micro_batch(self) -> None:
-        """A micro-batch whose loss was not finite contributes no gradient; reduce if it was the last."""
+        """A micro-batch whose loss was not finite contributes no gradient; reduce if it was the last.
+
+        DeepSpeed reduces only at an accumulation boundary, so the boundary is set before the reduction.
+        """
         self._micro_done += 1
         if not self.coalesce and self._micro_done == self.micro_batches \
                 and not self.engine.zero_optimization_partition_gradients():
+            self.engine.set_gradient_accumulation_boundary(True)
             self.engine.allreduce_gradients()
 
     def __exit__(self, *exc):

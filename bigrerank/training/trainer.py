@@ -20,7 +20,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
-from . import ds_config, skip_non_finite
+from . import ds_config, resume_check, run_dir, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
 from .preemption import PREEMPTED_EXIT_CODE, Preemption
 from .progress import Progress, TrainLog, start_wandb
@@ -77,6 +77,8 @@ class Run:
     source: MicroBatchSource
     steps_per_epoch: int
     total_steps: int
+    resume_dir: Path | None         # the checkpoint to resume from (checked against this run's settings)
+    recorded: dict                 # this run's settings, saved in every checkpoint for resume checks
 
 
 @dataclass
@@ -95,6 +97,7 @@ def prepare(model_args, data_args, args) -> Run:
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
+    resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
     with_teacher = losses.LOSSES[args.loss].needs_teacher
@@ -103,13 +106,15 @@ def prepare(model_args, data_args, args) -> Run:
                             need_scores=with_teacher))
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     steps_per_epoch, total_steps = schedule(len(sampler), args, shard)
+    recorded = resume_check.settings(model_args, data_args, args, shard.world, dataset, raw_config, total_steps)
+    resume_check.check(resume_dir, recorded)
     torch.manual_seed(args.seed)  # the same new head on every rank
     engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
     source = MicroBatchSource(sampler, PairEncoder(tokenizer, data_args.max_len), shard,
                               args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
                               with_teacher, engine.device)
-    return Run(engine, config, tokenizer, source, steps_per_epoch, total_steps)
+    return Run(engine, config, tokenizer, source, steps_per_epoch, total_steps, resume_dir, recorded)
 
 
 def training_info(model_args, data_args, args, run: Run) -> dict:
@@ -131,7 +136,7 @@ class Checkpoints:
 
     def resume(self) -> int:
         """The step to start from: the resumed checkpoint's (model, optimizer, schedule, RNG restored), or 0."""
-        resume_dir = store.resolve(self.root, self.args.resume_from_checkpoint)
+        resume_dir = self.run.resume_dir
         if not resume_dir:
             return 0
         step = store.load(self.run.engine, resume_dir)["step"]
@@ -139,7 +144,7 @@ class Checkpoints:
         return step
 
     def save(self, step: int) -> Path:
-        client = {"step": step, "args": asdict(self.args), "data": asdict(self.data_args)}
+        client = {"step": step, **self.run.recorded}
         engine = self.run.engine
         return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
                           self.args.save_total_limit,
@@ -188,6 +193,7 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
     info = training_info(model_args, data_args, args, run)
     checkpoints = Checkpoints(run, data_args, args, info)
     step = checkpoints.resume()
+    run_dir.clear_previous(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     train_log = open_train_log(args, step, info)
     loss_fn = losses.LOSSES[args.loss].fn

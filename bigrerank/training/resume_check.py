@@ -1,0 +1,71 @@
+"""A resume continues the saved run, or is refused: the settings a checkpoint records against the current ones.
+
+The one list of what may change on a resume is here. Everything a run records that is not in `MAY_CHANGE`
+or `NOT_COMPARED` is refused when it differs, because it breaks the exact resume:
+- the model, tokenizer and new head (`model_name_or_path`, `tokenizer_name`, `head_init_std`);
+- the data and its sampling: `train_path`, its content (`training_queries`, `data_fingerprint`: the
+  `datasets` fingerprint of the converted data), `train_group_size`, `max_len`, `seed`,
+  `per_device_train_batch_size`, `gradient_accumulation_steps`, `world_size` (queries per step, each
+  rank's RNG stream, ZeRO partitions), `collaborative`, `grad_cache_chunk_size` (dropout draws);
+- the loss (`loss`, `temperature`) and the update: `learning_rate`, the schedule (`total_steps` and
+  `warmup_num_steps`, as `--max_steps`/`--num_train_epochs` and `--warmup_steps`/`--warmup_ratio` give
+  them), AdamW (`weight_decay`, `adam_beta1/2`, `adam_epsilon`),
+  `max_grad_norm`, precision (`bf16`, `fp16`) and the DeepSpeed engine (`zero_stage`, `offload_optimizer`,
+  `offload_param`, `optimizer`: the config's optimizer type; its other values come from the arguments).
+Settings that only change what is logged, saved or waited for are allowed, with a warning (`MAY_CHANGE`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from ..checkpoints import store
+from ..errors import InputError
+from .ds_config import warmup_steps
+
+log = logging.getLogger(__name__)
+MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
+                        "run_name", "max_nonfinite_steps", "ddp_timeout"})
+NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",
+                          "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio"})  # as the schedule
+
+
+def _offload(zero: dict, key: str) -> str:
+    return str((zero.get(key) or {}).get("device", "none"))
+
+
+def settings(model_args, data_args, args, world_size: int, dataset, ds_config: dict, total_steps: int) -> dict:
+    """What a checkpoint records of its run (JSON): the arguments, and what they do not show."""
+    zero = ds_config.get("zero_optimization", {})
+    optimizer = ds_config.get("optimizer") or {}
+    engine = {"zero_stage": zero.get("stage", 0), "offload_optimizer": _offload(zero, "offload_optimizer"),
+              "offload_param": _offload(zero, "offload_param"),
+              "optimizer": f"{optimizer.get('type')} (torch_adam={optimizer.get('params', {}).get('torch_adam')})"}
+    return {"model": asdict(model_args), "data": asdict(data_args), "args": asdict(args),
+            "run": {"world_size": world_size, "training_queries": len(dataset), "total_steps": total_steps,
+                    "warmup_num_steps": warmup_steps(args, total_steps),
+                    "data_fingerprint": getattr(dataset, "_fingerprint", None), **engine}}
+
+
+def _flat(recorded: dict) -> dict:
+    return {key: value for part in ("model", "data", "args", "run") for key, value in recorded.get(part, {}).items()}
+
+
+def check(resume_dir: Path | None, current: dict) -> None:
+    """Refuse a resume whose settings break exactness (one line naming each, old -> new); warn for the rest."""
+    if resume_dir is None:
+        return
+    recorded = store.read_manifest(resume_dir).get("client_state")
+    if not isinstance(recorded, dict) or "args" not in recorded:
+        log.warning("%s records no settings (an older checkpoint): they are not compared on this resume", resume_dir)
+        return
+    old, new = _flat(recorded), _flat(current)
+    changed = sorted(key for key in (old.keys() & new.keys()) - NOT_COMPARED if old[key] != new[key])
+    refused = [key for key in changed if key not in MAY_CHANGE]
+    if refused:
+        what = "; ".join(f"{key} {old[key]!r} -> {new[key]!r}" for key in refused)
+        raise InputError(resume_dir, f"resuming with other settings would not continue the saved run: {what} "
+                                     "(resume with the saved settings, or start a new run in another --output_dir)")
+    for key in changed:
+        log.warning("resuming with %s %r -> %r (allowed: it does not change the training)", key, old[key], new[key])
