@@ -72,8 +72,8 @@ def test_consolidated_model_scores_like_the_live_engine(trained, tmp_path, stage
         logits = hf(**tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True, return_tensors="pt")).logits
     if bf16:  # the live engine computes with bf16 weights; the export holds the fp32 master weights
         assert torch.allclose(logits, live, atol=3e-2, rtol=2e-2), (logits, live)
-    else:
-        assert torch.equal(logits, live), (logits, live)
+    else:  # the same fp32 weights, scored in another process: equal up to one float32 rounding step
+        assert torch.allclose(logits, live, atol=1e-6, rtol=0), (logits, live)
     step2 = AutoModelForSequenceClassification.from_pretrained(exported).eval()
     assert not torch.equal(step2.classifier.weight, hf.classifier.weight)  # --tag picked the earlier step
 
