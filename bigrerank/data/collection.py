@@ -46,17 +46,19 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
         yield number, obj
 
 
-def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = False) -> str:
-    """obj[field] as a string (ints are accepted for ids), or an InputError naming the field."""
+def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = False, where: str | None = None) -> str:
+    """obj[field] as a string (ints are accepted for ids), or an InputError naming the field (as `where`, e.g.
+    "pos[0].pid", when given)."""
+    where = where or field
     if field not in obj:
-        raise InputError(path, "missing", number, field)
+        raise InputError(path, "missing", number, where)
     value = obj[field]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise InputError(path, f"expected a string, got {type(value).__name__}", number, field)
+        raise InputError(path, f"expected a string, got {type(value).__name__}", number, where)
     if not allow_empty and not value.strip():
-        raise InputError(path, "empty", number, field)
+        raise InputError(path, "empty", number, where)
     return value
 
 
