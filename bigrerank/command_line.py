@@ -25,7 +25,12 @@ def at_least(owner, names, low, inclusive: bool = True) -> None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every flag's help; descriptions kept as written."""
+    """Every flag's help ends with its default, or "(required)"; descriptions kept as written."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return f"{action.help or ''} (required)"
+        return super()._get_help_string(action)
 
 
 class CommandParser(HfArgumentParser):
