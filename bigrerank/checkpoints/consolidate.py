@@ -142,7 +142,8 @@ class ConsolidateArguments:
     checkpoint: str = field(metadata={
         "help": "checkpoint save directory (<output_dir>/checkpoints: its 'latest' or --tag), or a tag directory"})
     output: str = field(metadata={
-        "help": "Hugging Face directory to write: new, empty, or a previous export (replaced)", "aliases": ["--out_dir"]})
+        "help": "Hugging Face directory to write: new, empty, or a previous export (replaced)",
+        "aliases": ["--out_dir"]})
     tag: str | None = field(default=None, metadata={"help": "checkpoint tag, e.g. step-500 (None: 'latest')"})
 
 

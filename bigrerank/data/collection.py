@@ -224,8 +224,8 @@ def detect_run_format(path) -> str:
     if not counts:
         raise InputError(path, "empty run")
     if first_break is not None:
-        raise InputError(path, "ambiguous run: the third column holds integers that do not count 1, 2, 3 … per query, "
-                               "so they may be MS MARCO ranks or integer scores; pass --run_format marco or "
+        raise InputError(path, "ambiguous run: the third column holds integers that do not count 1, 2, 3 … per "
+                               "query, so they may be MS MARCO ranks or integer scores; pass --run_format marco or "
                                "--run_format scores", first_break)
     return "marco"
 

@@ -22,7 +22,8 @@ from ..command_line import CommandParser, at_least
 from ..errors import InputError
 from ..inference.candidates import passage_text
 from ..outputs import check_output
-from .collection import RUN_FORMATS, empty_documents, first_row, read_corpus, read_qrels, read_queries, read_run_announced
+from .collection import (RUN_FORMATS, empty_documents, first_row, read_corpus, read_qrels, read_queries,
+                         read_run_announced)
 
 SUBCOMMANDS = ("train", "rerank")
 

@@ -42,7 +42,8 @@ class RerankArguments:
         "help": "with --input: its qid<TAB>pid file, one row per JSON line (rows must agree)"})
     run: str | None = field(default=None, metadata={"help": "first-stage run to rerank: TREC, MS MARCO or score tsv"})
     run_format: str = field(default="auto", metadata={
-        "help": "with --run: its format (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
+        "help": "with --run: its format (auto: detected, and said; an ambiguous file needs it)",
+        "choices": RUN_FORMATS})
     queries: str | None = field(default=None, metadata={"help": "with --run: queries (BEIR jsonl or id<TAB>text)"})
     corpus: str | None = field(default=None, metadata={
         "help": "with --run: corpus (BEIR jsonl or id<TAB>text[<TAB>title])"})
