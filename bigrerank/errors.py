@@ -13,3 +13,7 @@ class InputError(ValueError):
 
     def __reduce__(self):  # picklable, so rank 0 can hand it to the other ranks
         return (InputError, (self.path, self.reason, self.line, self.field))
+
+
+class UsageError(ValueError):
+    """A command-line value a user can fix (`--loss foo`, `--depth 0`): the message names the flag."""

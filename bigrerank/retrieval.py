@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import bm25s
 import Stemmer
-from transformers import HfArgumentParser
-
 from .atomic import atomic_file
+from .command_line import CommandParser, at_least
 from .data.collection import passage_text, read_corpus, read_qrels, read_queries
 from .data.runs import run_lines
+from .outputs import check_output
 
 K1, B = 0.9, 0.4
 RUN_NAME = "bm25s"
@@ -26,7 +26,8 @@ def _tokenize(texts: list[str], stemmer) -> bm25s.tokenization.Tokenized:
 
 
 def bm25_run(corpus: dict[str, tuple[str, str]], queries: dict[str, str], depth: int = 100) -> dict[str, list[tuple[str, float]]]:
-    """{qid: [(doc id, score), …] best first}: at most `depth` documents that share a term with the query."""
+    """{qid: [(doc id, score), …] best first, equal scores by doc id (as `read_run` orders them)}: at most `depth`
+    documents that share a term with the query."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     stemmer = Stemmer.Stemmer("english")
@@ -39,30 +40,33 @@ def bm25_run(corpus: dict[str, tuple[str, str]], queries: dict[str, str], depth:
         return {}
     tokens = _tokenize([queries[q] for q in qids], stemmer)
     hits, scores = retriever.retrieve(tokens, k=min(depth, len(doc_ids)), show_progress=len(qids) >= PROGRESS_FROM)
-    return {qid: [(doc_ids[int(i)], float(s)) for i, s in zip(hits[row], scores[row]) if s > 0]
+    return {qid: sorted(((doc_ids[int(i)], float(s)) for i, s in zip(hits[row], scores[row]) if s > 0),
+                        key=lambda hit: (-hit[1], hit[0]))
             for row, qid in enumerate(qids)}
 
 
 def write_trec(run: dict[str, list[tuple[str, float]]], path, name: str = RUN_NAME) -> None:
-    """Write a run as TREC lines `qid Q0 docid rank score name` (atomic)."""
+    """Write a run as TREC lines `qid Q0 docid rank score name` (atomic), scores with every digit of a float32, so
+    that rounding makes no ties the ranking does not have."""
     with atomic_file(path, "w", encoding="utf-8") as f:
-        f.writelines(run_lines(run, "trec", name, score_format=".4f"))
+        f.writelines(run_lines(run, "trec", name, score_format=".9g"))
 
 
 @dataclass
 class RetrieveArguments:
     corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
     queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
-    out: str = field(metadata={"help": "output TREC run file"})
+    output: str = field(metadata={"help": "output TREC run file", "aliases": ["--out"]})
     depth: int = field(default=100, metadata={"help": "documents kept per query"})
     split_qrels: str | None = field(default=None, metadata={"help": "only retrieve for queries judged in this qrels file"})
 
+    def __post_init__(self):
+        at_least(self, ["depth"], 1)
+
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(RetrieveArguments, prog="bigrerank retrieve").parse_args_into_dataclasses(args=argv)
-    if args.depth < 1:
-        print(f"bigrerank retrieve: error: --depth must be at least 1, got {args.depth}", file=sys.stderr)
-        return 2
+    (args,) = CommandParser(RetrieveArguments, "retrieve").parse(argv)
+    check_output(args.output, [args.corpus, args.queries, args.split_qrels])
     corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
     if args.split_qrels:
         judged = read_qrels(args.split_qrels)
@@ -71,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {len(missing)} judged queries absent from {args.queries}")
         queries = {q: text for q, text in queries.items() if q in judged}
     run = bm25_run(corpus, queries, args.depth)
-    write_trec(run, args.out)
+    write_trec(run, args.output)
     empty = sum(1 for ranked in run.values() if not ranked)
     print(f"retrieved {sum(map(len, run.values()))} candidates for {len(run)} queries "
-          f"over {len(corpus)} documents -> {args.out}" + (f" ({empty} queries matched no document)" if empty else ""))
+          f"over {len(corpus)} documents -> {args.output}" + (f" ({empty} queries matched no document)" if empty else ""))
     return 0
 
 

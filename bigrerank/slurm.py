@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from transformers import HfArgumentParser
-
 from .atomic import atomic_file
-from .errors import InputError
+from .command_line import CommandParser
+from .errors import InputError, UsageError
+from .outputs import check_output
 
 ENVIRONMENT = "slurm environment"
 PORT_BASE, PORT_SPAN = 10000, 20000  # derived ports stay in 10000..29999, below Linux's ephemeral range
@@ -188,7 +188,9 @@ class HostfileArguments:
 
 def main(argv: list[str] | None = None) -> int:
     """`bigrerank hostfile`: the DeepSpeed hostfile of the current slurm allocation."""
-    (args,) = HfArgumentParser(HostfileArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser(HostfileArguments, "hostfile").parse(argv)
+    if args.output is not None:
+        check_output(args.output)
     text = hostfile_text(hostfile_slots(os.environ, args.slots_from))
     if args.output is None:
         sys.stdout.write(text)
@@ -215,6 +217,6 @@ def _module_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(_module_main(sys.argv[1:]))
-    except InputError as e:
+    except (InputError, UsageError) as e:
         print(f"bigrerank.slurm: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -100,6 +100,6 @@ def test_huge_token_ids_are_located(tmp_path):
     try:
         load_groups(path, VOCAB, 3, cache_dir=str(tmp_path / "cache"))
     except InputError as e:
-        assert "train.jsonl:1: field 'passage'" in str(e) and "vocabulary [0, 50)" in str(e)
+        assert "train.jsonl:1: field 'pos[0].passage'" in str(e) and "vocabulary [0, 50)" in str(e)
     else:
         raise AssertionError("a token id beyond the vocabulary was accepted")

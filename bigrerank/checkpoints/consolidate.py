@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..atomic import apply_umask, temp_dir_beside
+from ..command_line import CommandParser
 from ..errors import InputError
 from .store import MANIFEST, incomplete_reason, is_save_dir, latest, read_manifest
 
@@ -157,24 +158,48 @@ def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
     return write_model_dir(fp32_state_dict(root, tag), config, tokenizer, out_dir, info)
 
 
+def is_export(directory: Path) -> bool:
+    """Whether `directory` holds a model this project exported (its training record beside config.json)."""
+    return (directory / TRAINING_INFO).is_file() and (directory / "config.json").is_file()
+
+
+def check_export_dir(out_dir) -> None:
+    """InputError unless `out_dir` may receive an export: absent, empty, or a previous export of ours."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a directory")
+    if any(out_dir.iterdir()) and not is_export(out_dir):
+        raise InputError(out_dir, f"is not empty and holds no previous export (no {TRAINING_INFO} and config.json): "
+                                  "refusing to replace its files; give a new or empty directory")
+
+
+USAGE = "bigrerank consolidate CHECKPOINT OUTPUT [--tag TAG]   (or --checkpoint CHECKPOINT --output OUTPUT)"
+
+
 @dataclass
 class ConsolidateArguments:
-    checkpoint: str
-    out_dir: str
-    tag: str | None = None
+    checkpoint: str = field(metadata={
+        "help": "checkpoint save directory (<output_dir>/checkpoints: its 'latest' or --tag), or a tag directory"})
+    output: str = field(metadata={
+        "help": "Hugging Face directory to write: new, empty, or a previous export (replaced)",
+        "aliases": ["--out_dir"]})
+    tag: str | None = field(default=None, metadata={"help": "checkpoint tag, e.g. step-500 (None: 'latest')"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(ConsolidateArguments)
-    parser.description = "Turn a DeepSpeed checkpoint into a Hugging Face reranker directory."
-    args, = parser.parse_args_into_dataclasses(args=_positional(argv))
-    out = consolidate(args.checkpoint, args.out_dir, args.tag)
+    parser = CommandParser(ConsolidateArguments, "consolidate", usage=USAGE,
+                           description="Turn a DeepSpeed checkpoint into a Hugging Face reranker directory.")
+    (args,) = parser.parse(_positional(argv))
+    check_export_dir(args.output)
+    out = consolidate(args.checkpoint, args.output, args.tag)
     print(f"wrote {out}")
     return 0
 
 
 def _positional(argv: list[str] | None) -> list[str] | None:
-    """Accept `consolidate CKPT_DIR OUT_DIR [--tag TAG]` (positional) as well as --checkpoint/--out_dir."""
+    """Accept `consolidate CHECKPOINT OUTPUT [--tag TAG]` (positional) as well as --checkpoint/--output."""
     if argv is None or len(argv) < 2 or argv[0].startswith("-") or argv[1].startswith("-"):
         return argv
-    return ["--checkpoint", argv[0], "--out_dir", argv[1], *argv[2:]]
+    return ["--checkpoint", argv[0], "--output", argv[1], *argv[2:]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -44,17 +46,19 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
         yield number, obj
 
 
-def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = False) -> str:
-    """obj[field] as a string (ints are accepted for ids), or an InputError naming the field."""
+def require_str(path, number: int, obj: dict, field: str, allow_empty: bool = False, where: str | None = None) -> str:
+    """obj[field] as a string (ints are accepted for ids), or an InputError naming the field (as `where`, e.g.
+    "pos[0].pid", when given)."""
+    where = where or field
     if field not in obj:
-        raise InputError(path, "missing", number, field)
+        raise InputError(path, "missing", number, where)
     value = obj[field]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise InputError(path, f"expected a string, got {type(value).__name__}", number, field)
+        raise InputError(path, f"expected a string, got {type(value).__name__}", number, where)
     if not allow_empty and not value.strip():
-        raise InputError(path, "empty", number, field)
+        raise InputError(path, "empty", number, where)
     return value
 
 
@@ -198,44 +202,54 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def _detect_run_format(path) -> str:
+RUN_FORMAT_NAMES = {"trec": "TREC run (qid Q0 docid rank score name; ranked by score)",
+                    "marco": "MS MARCO run (qid docid rank)", "scores": "score file (qid docid score)"}
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def detect_run_format(path) -> str:
+    """'trec' for 6 columns; for 3, 'scores' when a third column is not an integer, 'marco' when it counts 1, 2, 3 …
+    within every query in file order; other integer columns are ambiguous (ranks or integer scores): an InputError
+    asking for --run_format at the first row that breaks the count."""
+    counts: dict[str, int] = {}
+    first_break = None
     for number, line in iter_lines(path):
-        columns = len(line.split())
-        if columns == 6:
-            return "trec"
-        if columns == 3:
-            return "marco" if _looks_ranked(path) else "scores"
-        raise InputError(path, f"expected 6 (TREC) or 3 (MS MARCO / score) columns, got {columns}", number)
-    raise InputError(path, "empty run")
-
-
-def _looks_ranked(path) -> bool:
-    """True when the third column counts 1, 2, 3 … within every query (an MS MARCO run)."""
-    expected: dict[str, int] = {}
-    for _, line in iter_lines(path):
         parts = line.split()
+        if len(parts) == 6 and not counts:
+            return "trec"
         if len(parts) != 3:
-            return False
-        try:
-            rank = int(parts[2])
-        except ValueError:
-            return False
-        if rank != expected.get(parts[0], 0) + 1:
-            return False
-        expected[parts[0]] = rank
-    return True
+            expected = "3 columns like the first row" if counts else "3 columns (MS MARCO / score file) or 6 (TREC)"
+            raise InputError(path, f"expected {expected}, got {len(parts)}", number)
+        if not _INTEGER.fullmatch(parts[2]):
+            return "scores"
+        expected = counts.get(parts[0], 0) + 1
+        if first_break is None and (len(parts[2]) > 20 or int(parts[2]) != expected):
+            first_break = number
+        counts[parts[0]] = expected
+    if not counts:
+        raise InputError(path, "empty run")
+    if first_break is not None:
+        raise InputError(path, "ambiguous run: the third column holds integers that do not count 1, 2, 3 … per "
+                               "query, so they may be MS MARCO ranks or integer scores; pass --run_format marco or "
+                               "--run_format scores", first_break)
+    return "marco"
+
+
+def resolve_run_format(path, fmt: str = "auto") -> str:
+    """`fmt`, or the format detected in the file when it is 'auto'."""
+    if fmt not in RUN_FORMATS:
+        raise ValueError(f"run format must be one of {RUN_FORMATS}, got '{fmt}'")
+    return detect_run_format(path) if fmt == "auto" else fmt
 
 
 def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
     """A ranked run {qid: [(doc id, score), …] best first} from TREC, MS MARCO or `qid pid score` files.
 
-    MS MARCO runs carry ranks only; their score is minus the rank so that higher is better.
+    Documents are ranked as trec_eval ranks them: by score, equal scores by document id (a TREC run's rank column
+    is not used for ordering). MS MARCO runs carry ranks only; their score is minus the rank, so higher is better.
     """
-    if fmt not in RUN_FORMATS:
-        raise ValueError(f"run format must be one of {RUN_FORMATS}, got '{fmt}'")
-    if fmt == "auto":
-        fmt = _detect_run_format(path)
-    rows: dict[str, list[tuple[str, float, float]]] = {}
+    fmt = resolve_run_format(path, fmt)
+    rows: dict[str, list[tuple[str, float]]] = {}
     seen: set[tuple[str, str]] = set()
     for number, line in iter_lines(path):
         parts = line.split()
@@ -243,23 +257,28 @@ def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
             if len(parts) != 6:
                 raise InputError(path, f"expected 6 TREC columns (qid Q0 docid rank score name), got {len(parts)}", number)
             qid, doc_id = parts[0], parts[2]
-            rank = _parse_rank(path, number, parts[3])
+            _parse_rank(path, number, parts[3])
             score = _parse_float(path, number, parts[4], "score")
         else:
             if len(parts) != 3:
                 raise InputError(path, f"expected 3 columns (qid docid {'rank' if fmt == 'marco' else 'score'}), got {len(parts)}", number)
             qid, doc_id = parts[0], parts[1]
             if fmt == "marco":
-                rank = _parse_rank(path, number, parts[2])
-                score = -float(rank)
+                score = -float(_parse_rank(path, number, parts[2]))
             else:
                 score = _parse_float(path, number, parts[2], "score")
-                rank = 0
         if (qid, doc_id) in seen:
             raise InputError(path, f"duplicate row for query '{qid}', document '{doc_id}'", number)
         seen.add((qid, doc_id))
-        rows.setdefault(qid, []).append((doc_id, score, rank))
+        rows.setdefault(qid, []).append((doc_id, score))
     if not rows:
         raise InputError(path, "empty run")
-    order = (lambda r: (-r[1], r[0])) if fmt == "scores" else (lambda r: (r[2], -r[1], r[0]))
-    return {qid: [(d, s) for d, s, _ in sorted(docs, key=order)] for qid, docs in rows.items()}
+    return {qid: [(d, s) for d, s in sorted(docs, key=lambda row: (-row[1], row[0]))] for qid, docs in rows.items()}
+
+
+def read_run_announced(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
+    """`read_run`, saying on stderr which format the file was read as (and whether it was detected)."""
+    resolved = resolve_run_format(path, fmt)
+    how = "detected" if fmt == "auto" else "--run_format"
+    print(f"{path}: read as a {RUN_FORMAT_NAMES[resolved]} ({how})", file=sys.stderr)
+    return read_run(path, resolved)

@@ -8,13 +8,14 @@ One JSON object a line, in either layout (line by line):
   "pos_scores"/"neg_scores" (other keys ignored); its queries get the id `<file name>:<line>` and its passages
   `pos<i>`/`neg<i>`.
 Query and passage are token ids without special tokens, or text; teacher scores (for `--loss distill`) are
-numbers. Every line is validated while the file is converted (once; cached by `datasets`), so a bad line is
-reported with its file and number.
+numbers. Every line is validated while the file is converted (once; cached by `datasets`, keyed on the files'
+content), so a bad line is reported with its file, number and element (`pos[0].passage`).
 Each step a query gets 1 positive and group_size-1 negatives, drawn deterministically from
 (seed, epoch, query index): identical on every rank and after a resume.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -68,11 +69,12 @@ def features(fmt: str) -> Features:
     return Features({"qid": Value("string"), "query": content, "pos": List(passage), "neg": List(passage)})
 
 
-def _content(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None):
-    """obj[field], a query/passage body in the file's format."""
+def _content(path, number: int, obj: dict, field: str, fmt: str, vocab_size: int | None, where: str | None = None):
+    """obj[field], a query/passage body in the file's format; errors name it `where` (default: the field)."""
+    where = where or field
     if field not in obj:
-        raise InputError(path, "missing", number, field)
-    return _body(path, number, obj[field], field, fmt, vocab_size)
+        raise InputError(path, "missing", number, where)
+    return _body(path, number, obj[field], where, fmt, vocab_size)
 
 
 def _body(path, number: int, value, field: str, fmt: str, vocab_size: int | None):
@@ -127,8 +129,8 @@ def _passages(path, number: int, obj: dict, field: str, fmt: str, vocab_size: in
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
             raise InputError(path, "expected an object with 'pid' and 'passage'", number, where)
-        out.append({"pid": require_str(path, number, item, "pid"),
-                    "passage": _content(path, number, item, "passage", fmt, vocab_size),
+        out.append({"pid": require_str(path, number, item, "pid", where=f"{where}.pid"),
+                    "passage": _content(path, number, item, "passage", fmt, vocab_size, f"{where}.passage"),
                     "score": _score(path, number, item.get("score"), f"{where}.score", need_scores)})
     return out
 
@@ -155,9 +157,15 @@ def parse_record(path, number: int, obj: dict, fmt: str, vocab_size: int | None,
     return record
 
 
-def _records(files: list[str], stamps: list, fmt: str, vocab_size: int | None, need_negatives: bool,
+def content_digest(path: Path) -> str:
+    """BLAKE2b of a file's bytes: the cache key of its conversion (size and mtime survive `cp -p` and `rsync -t`)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def _records(files: list[str], digests: list[str], fmt: str, vocab_size: int | None, need_negatives: bool,
              need_scores: bool):
-    del stamps  # only part of the cache fingerprint: a changed file is converted again
+    del digests  # only part of the cache fingerprint: a file whose content changed is converted again
     for file in files:
         for number, obj in iter_jsonl(file):
             yield parse_record(file, number, obj, fmt, vocab_size, need_negatives, need_scores)
@@ -170,11 +178,11 @@ def load_groups(path, vocab_size: int | None = None, group_size: int = 8, cache_
     `need_scores`: every passage must carry a teacher score (for `--loss distill`)."""
     files = data_files(path)
     fmt = detect_format(files)
-    stamps = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    digests = [content_digest(f) for f in files]
     try:
         dataset = Dataset.from_generator(
             _records, features=features(fmt), cache_dir=cache_dir,
-            gen_kwargs={"files": [str(f.resolve()) for f in files], "stamps": stamps, "fmt": fmt,
+            gen_kwargs={"files": [str(f.resolve()) for f in files], "digests": digests, "fmt": fmt,
                         "vocab_size": vocab_size, "need_negatives": group_size > 1, "need_scores": need_scores})
     except DatasetGenerationError as e:
         cause = e.__cause__ or e.__context__

@@ -17,11 +17,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from ..atomic import atomic_file
+from ..command_line import CommandParser, at_least
 from ..errors import InputError
-from .collection import empty_documents, first_row, passage_text, read_corpus, read_qrels, read_queries, read_run
+from ..outputs import check_output
+from .collection import (RUN_FORMATS, empty_documents, first_row, passage_text, read_corpus, read_qrels, read_queries,
+                         read_run_announced)
 
 SUBCOMMANDS = ("train", "rerank")
 
@@ -46,6 +47,9 @@ class Tokenization:
                                                                "directory) instead of text"})
     max_len: int = field(default=512, metadata={"help": "with --tokenizer: keep at most this many tokens per text"})
     num_proc: int = field(default=1, metadata={"help": "with --tokenizer: tokenizer processes"})
+
+    def __post_init__(self):
+        at_least(self, ["max_len", "num_proc"], 1)
 
 
 def tokenize_texts(texts: list[str], options: Tokenization) -> list[list[int]]:
@@ -75,28 +79,38 @@ class TrainArguments:
     corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
     queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
     qrels: str = field(metadata={"help": "relevance judgments: TREC or BEIR tsv"})
-    run: str = field(metadata={"help": "first-stage run the negatives come from (TREC, MS MARCO)"})
-    out: str = field(metadata={"help": "output grouped training data (.jsonl)"})
+    run: str = field(metadata={"help": "first-stage run the negatives come from (TREC, MS MARCO or score file)"})
+    output: str = field(metadata={"help": "output grouped training data (.jsonl)", "aliases": ["--out"]})
     depth: int = field(default=100, metadata={"help": "negatives come from the run's top `depth` documents"})
     negatives: int = field(default=30, metadata={"help": "at most this many negatives per query"})
     min_relevance: int = field(default=1, metadata={"help": "lowest qrels grade that counts as a positive"})
+    run_format: str = field(default="auto", metadata={
+        "help": "format of --run (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
+
+    def __post_init__(self):
+        at_least(self, ["depth", "negatives"], 1)
+
+    def check_outputs(self) -> None:
+        check_output(self.output, [self.corpus, self.queries, self.qrels, self.run])
 
 
 @dataclass
 class RerankArguments:
-    run: str = field(metadata={"help": "first-stage run to rerank (TREC, MS MARCO)"})
+    run: str = field(metadata={"help": "first-stage run to rerank (TREC, MS MARCO or score file)"})
     queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
     corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
-    out: str = field(metadata={"help": "output pairs (.jsonl); `<out>.ids.tsv` is written beside it"})
+    output: str = field(metadata={"help": "output pairs (.jsonl); `<output>.ids.tsv` is written beside it",
+                                  "aliases": ["--out"]})
     depth: int = field(default=100, metadata={"help": "rerank the run's top `depth` documents per query"})
+    run_format: str = field(default="auto", metadata={
+        "help": "format of --run (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
 
+    def __post_init__(self):
+        at_least(self, ["depth"], 1)
 
-def bad_option(args, tokenization: Tokenization) -> str | None:
-    """The first count option below 1, as a message, or None."""
-    for owner, name in ((args, "depth"), (args, "negatives"), (tokenization, "max_len"), (tokenization, "num_proc")):
-        if getattr(owner, name, 1) < 1:
-            return f"--{name} must be at least 1, got {getattr(owner, name)}"
-    return None
+    def check_outputs(self) -> None:
+        for path in (self.output, ids_path(self.output)):
+            check_output(path, [self.corpus, self.queries, self.run])
 
 
 def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]],
@@ -129,7 +143,7 @@ def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], r
 
 def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
     corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
-    qrels, run = read_qrels(args.qrels), read_run(args.run)
+    qrels, run = read_qrels(args.qrels), read_run_announced(args.run, args.run_format)
     check_documents_known(args.qrels, qrels, corpus, args.corpus)
     check_documents_known(args.run, run, corpus, args.corpus)
     empty = frozenset(empty_documents(corpus))
@@ -142,13 +156,13 @@ def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
     used_docs = {d for _, pos, neg in groups for d in (*pos, *neg)}
     q_out = text_table({qid: queries[qid] for qid, _, _ in groups}, tokenization)
     p_out = text_table({d: passage_text(*corpus[d]) for d in sorted(used_docs)}, tokenization)
-    with atomic_file(args.out, "w", encoding="utf-8") as f:
+    with atomic_file(args.output, "w", encoding="utf-8") as f:
         for qid, positives, chosen in groups:
             f.write(json.dumps({"qry": {"qid": qid, "query": q_out[qid]},
                                 "pos": [{"pid": d, "passage": p_out[d]} for d in positives],
                                 "neg": [{"pid": d, "passage": p_out[d]} for d in chosen]}) + "\n")
     mean_neg = sum(len(n) for _, _, n in groups) / len(groups)
-    print(f"wrote {len(groups)} training groups ({mean_neg:.1f} negatives on average) -> {args.out}")
+    print(f"wrote {len(groups)} training groups ({mean_neg:.1f} negatives on average) -> {args.output}")
     return 0
 
 
@@ -158,7 +172,8 @@ def ids_path(out) -> Path:
 
 
 def prepare_rerank(args: RerankArguments, tokenization: Tokenization) -> int:
-    corpus, queries, run = read_corpus(args.corpus), read_queries(args.queries), read_run(args.run)
+    corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
+    run = read_run_announced(args.run, args.run_format)
     check_documents_known(args.run, run, corpus, args.corpus)
     skipped: Counter = Counter()
     pairs = []
@@ -172,11 +187,11 @@ def prepare_rerank(args: RerankArguments, tokenization: Tokenization) -> int:
         raise InputError(args.run, f"no query of the run is in {args.queries}: nothing to rerank")
     q_out = text_table({q: queries[q] for q in dict.fromkeys(q for q, _ in pairs)}, tokenization)
     p_out = text_table({d: passage_text(*corpus[d]) for d in sorted({d for _, d in pairs})}, tokenization)
-    with atomic_file(args.out, "w", encoding="utf-8") as f, atomic_file(ids_path(args.out), "w", encoding="utf-8") as ids:
+    with atomic_file(args.output, "w", encoding="utf-8") as f, atomic_file(ids_path(args.output), "w", encoding="utf-8") as ids:
         for qid, doc_id in pairs:
             f.write(json.dumps({"qid": qid, "pid": doc_id, "qry": q_out[qid], "psg": p_out[doc_id]}) + "\n")
             ids.write(f"{qid}\t{doc_id}\n")
-    print(f"wrote {len(pairs)} pairs for {len(q_out)} queries -> {args.out} (+ {ids_path(args.out)})")
+    print(f"wrote {len(pairs)} pairs for {len(q_out)} queries -> {args.output} (+ {ids_path(args.output)})")
     return 0
 
 
@@ -188,11 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     arguments, prepare = (TrainArguments, prepare_train) if command == "train" else (RerankArguments, prepare_rerank)
-    args, tokenization = HfArgumentParser((arguments, Tokenization), prog=f"bigrerank prepare {command}").parse_args_into_dataclasses(args=rest)
-    problem = bad_option(args, tokenization)
-    if problem:
-        print(f"bigrerank prepare {command}: error: {problem}", file=sys.stderr)
-        return 2
+    args, tokenization = CommandParser((arguments, Tokenization), f"prepare {command}").parse(rest)
+    args.check_outputs()
     return prepare(args, tokenization)
 
 

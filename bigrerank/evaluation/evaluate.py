@@ -3,8 +3,8 @@
 Conventions (trec_eval's `-c`):
 - the mean is over every query in the qrels; a judged query without run rows scores 0 on every metric;
 - run queries without judgments are ignored (and counted in the report);
-- documents are ranked in the run's order: by score, equal scores by document id (the order `bigrerank convert`
-  writes), so a score file and its converted run evaluate the same;
+- documents are ranked as `read_run` ranks them: by score (never by a TREC run's rank column), equal scores by
+  document id (the order `bigrerank convert` writes), so a score file and its converted run evaluate the same;
 - RR, AP, R and P count grade >= 1 as relevant (ir_measures' default `rel=1`); nDCG uses the grades as gains.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass, field
 
 import ir_measures
-from transformers import HfArgumentParser
-
 from ..atomic import atomic_file
-from ..data.collection import RUN_FORMATS, read_qrels, read_run
+from ..command_line import CommandParser
+from ..data.collection import RUN_FORMATS, read_qrels, read_run_announced
+from ..outputs import check_output
 
 DEFAULT_METRICS = ("RR@10", "nDCG@10", "R@100", "AP")
 
@@ -99,18 +99,20 @@ class EvalArguments:
     output: str | None = field(default=None, metadata={"help": "also write the metrics as JSON {name: value}"})
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS), metadata={
         "help": "ir_measures names, e.g. RR@10 nDCG@10 R@100 AP P@5 'nDCG(judged_only=True)@10'"})
-    run_format: str = field(default="auto", metadata={"help": "run file format", "choices": RUN_FORMATS})
+    run_format: str = field(default="auto", metadata={
+        "help": "run file format (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(EvalArguments)
-    parser.prog = "bigrerank eval"
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = CommandParser(EvalArguments, "eval")
+    (args,) = parser.parse(argv)
     try:
         parse_metrics(args.metrics)
     except ValueError as e:
         parser.error(str(e))
-    qrels, run = read_qrels(args.qrels), read_run(args.run, args.run_format)
+    if args.output is not None:
+        check_output(args.output, [args.qrels, args.run])
+    qrels, run = read_qrels(args.qrels), read_run_announced(args.run, args.run_format)
     results = evaluate(qrels, run, args.metrics)
     print(format_table(results))
     print(coverage(qrels, run).describe(), file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collection import (first_row, iter_jsonl, iter_lines, passage_text, read_corpus, read_queries, read_run,
+from ..data.collection import (first_row, iter_jsonl, iter_lines, passage_text, read_corpus, read_queries,
+                               read_run_announced,
                                require_str, require_token_ids)
 from ..errors import InputError
 
@@ -99,11 +100,13 @@ def read_pair_candidates(path, vocab_size: int, ids_path=None) -> list[Candidate
     return group_by_query(candidates)
 
 
-def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None = None) -> list[Candidate]:
+def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None = None,
+                        run_format: str = "auto") -> list[Candidate]:
     """Form (b): each run query's top `depth` documents (all when None), texts from the queries and corpus files."""
     if depth is not None and depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
-    run, queries, corpus = read_run(run_path), read_queries(queries_path), read_corpus(corpus_path)
+    run = read_run_announced(run_path, run_format)
+    queries, corpus = read_queries(queries_path), read_corpus(corpus_path)
     candidates = []
     for qid, ranked in run.items():
         if qid not in queries:

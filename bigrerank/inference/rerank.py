@@ -9,6 +9,7 @@ rows are grouped by query in input order.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -19,11 +20,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from .. import distributed
 from ..atomic import atomic_file
+from ..checkpoints.consolidate import TRAINING_INFO
+from ..command_line import CommandParser
+from ..data.collection import RUN_FORMATS
 from ..errors import InputError
+from ..outputs import check_output
 from .candidates import Candidate, encode_candidates, read_pair_candidates, read_run_candidates
 from .host_memory import retain_freed_memory
 from .reranker import RerankerForInference, default_device
@@ -38,13 +42,17 @@ class RerankArguments:
     ids: str | None = field(default=None, metadata={
         "help": "with --input: its qid<TAB>pid file, one row per JSON line (rows must agree)"})
     run: str | None = field(default=None, metadata={"help": "first-stage run to rerank: TREC, MS MARCO or score tsv"})
+    run_format: str = field(default="auto", metadata={
+        "help": "with --run: its format (auto: detected, and said; an ambiguous file needs it)",
+        "choices": RUN_FORMATS})
     queries: str | None = field(default=None, metadata={"help": "with --run: queries (BEIR jsonl or id<TAB>text)"})
     corpus: str | None = field(default=None, metadata={
         "help": "with --run: corpus (BEIR jsonl or id<TAB>text[<TAB>title])"})
     depth: int | None = field(default=None, metadata={"help": "with --run: score each query's top K (None: all)"})
     batch_size: int = field(default=64, metadata={"help": "pairs per forward pass"})
     max_len: int | None = field(default=None, metadata={
-        "help": "pair length limit in tokens, passage cut first (None: the model's limit, at most 512)"})
+        "help": "pair length limit in tokens, passage cut first (None: the length the model was trained at, from its "
+                f"{TRAINING_INFO}; for other models their limit, at most 512)"})
     bf16: bool = field(default=False, metadata={"help": "score in bfloat16 (CPU or GPU)"})
     fp16: bool = field(default=False, metadata={"help": "score in float16 (GPU only)"})
     torch_compile: bool = field(default=False, metadata={
@@ -59,9 +67,8 @@ class RerankArguments:
 
 def parse_arguments(argv: list[str] | None) -> RerankArguments:
     """Parsed arguments; a wrong combination of flags exits with a usage error."""
-    parser = HfArgumentParser(RerankArguments)
-    parser.prog = "bigrerank rerank"
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = CommandParser(RerankArguments, "rerank")
+    (args,) = parser.parse(argv)
     if (args.input is None) == (args.run is None):
         parser.error("give exactly one input: --input PAIRS.jsonl, or --run RUN --queries Q --corpus C")
     if args.run is not None and (args.queries is None or args.corpus is None):
@@ -70,6 +77,8 @@ def parse_arguments(argv: list[str] | None) -> RerankArguments:
         parser.error("--queries, --corpus and --depth go with --run, not --input")
     if args.run is not None and args.ids is not None:
         parser.error("--ids goes with --input, not --run")
+    if args.input is not None and args.run_format != "auto":
+        parser.error("--run_format goes with --run, not --input")
     if args.bf16 and args.fp16:
         parser.error("--bf16 and --fp16 exclude each other")
     if args.fp16 and not torch.cuda.is_available():
@@ -92,12 +101,43 @@ def start_ranks() -> tuple[int, int, torch.device, bool]:
     return distributed.rank(), distributed.world_size(), distributed.device(), started
 
 
+def check_paths(args: RerankArguments) -> None:
+    """The model directory exists and the output can be written over none of the inputs: checked before any work."""
+    if not (Path(args.model) / "config.json").is_file():
+        raise InputError(args.model, "not a Hugging Face model directory (no config.json)")
+    check_output(args.output, [args.input, args.ids, args.run, args.queries, args.corpus,
+                               *Path(args.model).iterdir()])
+
+
+def trained_max_len(model_dir) -> int | None:
+    """The pair length a bigrerank model was trained at (its `bigrerank_training.json`), None for other models."""
+    path = Path(model_dir) / TRAINING_INFO
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("max_len")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise InputError(path, f"unreadable training record ({type(e).__name__})") from None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def scoring_max_len(args: RerankArguments) -> int | None:
+    """--max_len, else the model's training length; a length other than the training one is said on stderr."""
+    trained = trained_max_len(args.model)
+    if args.max_len is None and trained is not None:
+        print(f"bigrerank rerank: max_len {trained}, the length the model was trained at ({TRAINING_INFO})",
+              file=sys.stderr)
+        return trained
+    if args.max_len is not None and trained is not None and args.max_len != trained:
+        print(f"bigrerank rerank: scoring at --max_len {args.max_len}, not at the model's training length {trained} "
+              f"({TRAINING_INFO}): scores may differ from the trained model's", file=sys.stderr)
+    return args.max_len
+
+
 def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
     model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
     try:
-        return RerankerForInference.from_pretrained(model_dir, max_len=args.max_len, device=device,
+        return RerankerForInference.from_pretrained(model_dir, max_len=scoring_max_len(args), device=device,
                                                     precision=precision(args), torch_compile=args.torch_compile)
     except ValueError as e:
         raise InputError(model_dir, str(e)) from None
@@ -106,7 +146,7 @@ def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInf
 def read_candidates(args: RerankArguments, vocab_size: int) -> list[Candidate]:
     if args.input is not None:
         return read_pair_candidates(args.input, vocab_size, args.ids)
-    return read_run_candidates(args.run, args.queries, args.corpus, args.depth)
+    return read_run_candidates(args.run, args.queries, args.corpus, args.depth, args.run_format)
 
 
 def encoded_chunks(encode, candidates: list[Candidate], chunk_size: int, ahead: bool) -> Iterator[list]:
@@ -160,6 +200,7 @@ def write_scores(path, candidates: list[Candidate], scores: list[float]) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    check_paths(args)
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
     rank, world, device, started = start_ranks()
     finished = False

@@ -15,9 +15,22 @@ import torch
 from ..errors import InputError
 
 
-def load(path) -> dict:
-    """Parse a DeepSpeed JSON config, with a located error for a missing or malformed file."""
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"  # shipped as package data
+
+
+def locate(path) -> Path:
+    """`path` itself when it exists; a relative `ds_configs/NAME` or `NAME` that does not is the packaged config of
+    that name (so the default `ds_configs/zero2.json` is found wherever the command runs)."""
     path = Path(path)
+    if path.exists() or path.is_absolute() or path.parent not in (Path("."), Path("ds_configs")):
+        return path
+    packaged = PACKAGED_CONFIGS / path.name
+    return packaged if packaged.is_file() else path
+
+
+def load(path) -> dict:
+    """Parse a DeepSpeed JSON config (see `locate`), with a located error for a missing or malformed file."""
+    path = locate(path)
     if not path.is_file():
         raise InputError(path, "DeepSpeed config not found (--ds_config)")
     try:
