@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          HfArgumentParser)
 
 from ..atomic import temp_dir_beside
 from ..errors import InputError
+from ..scoring import ScoringContract
+from .export_heads import yes_no_to_classifier
 from .store import MANIFEST, incomplete_reason
 
 TRAINING_INFO = "bigrerank_training.json"
@@ -67,12 +70,17 @@ def model_card(config, info: dict) -> str:
             f"## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
 
 
-def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB") -> Path:
-    """Write an HF reranker directory from a full state dict; it appears complete or not at all."""
+def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB",
+                    contract: ScoringContract | None = None) -> Path:
+    """Write an HF reranker directory from a full state dict; it appears complete or not at all.
+
+    A sequence classifier with one label, or the causal LM of a `yes_no` contract; the contract goes beside it."""
     out_dir = Path(out_dir)
-    config.num_labels = 1
+    causal = contract is not None and contract.score_head == "yes_no"
+    if not causal:
+        config.num_labels = 1
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_config(config)
     expected = set(model.state_dict())
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
@@ -84,6 +92,8 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(config, info))
         (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=1, default=str))
+        if contract is not None:
+            contract.save(tmp)
         _place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +115,9 @@ def _place(tmp: Path, out_dir: Path) -> None:
         os.replace(item, target)
 
 
-def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
+def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False) -> Path:
+    """A checkpoint as a Hugging Face directory; a `yes_no` model becomes a sequence classifier unless
+    `keep_causal_lm`."""
     root, tag = locate(checkpoint, tag)
     hf_dir = root / tag / "hf"
     config = AutoConfig.from_pretrained(hf_dir)
@@ -113,7 +125,10 @@ def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
-    return write_model_dir(fp32_state_dict(root, tag), config, tokenizer, out_dir, info)
+    state_dict, contract = fp32_state_dict(root, tag), ScoringContract.read(hf_dir)
+    if contract is not None and contract.score_head == "yes_no" and not keep_causal_lm:
+        state_dict, config, contract = yes_no_to_classifier(state_dict, config, contract)
+    return write_model_dir(state_dict, config, tokenizer, out_dir, info, contract=contract)
 
 
 @dataclass
@@ -121,13 +136,15 @@ class ConsolidateArguments:
     checkpoint: str
     out_dir: str
     tag: str | None = None
+    keep_causal_lm: bool = field(default=False, metadata={
+        "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(ConsolidateArguments)
     parser.description = "Turn a DeepSpeed checkpoint into a Hugging Face reranker directory."
     args, = parser.parse_args_into_dataclasses(args=_positional(argv))
-    out = consolidate(args.checkpoint, args.out_dir, args.tag)
+    out = consolidate(args.checkpoint, args.out_dir, args.tag, args.keep_causal_lm)
     print(f"wrote {out}")
     return 0
 

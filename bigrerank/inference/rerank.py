@@ -45,6 +45,11 @@ class RerankArguments:
     batch_size: int = field(default=64, metadata={"help": "pairs per forward pass"})
     max_len: int | None = field(default=None, metadata={
         "help": "pair length limit in tokens, passage cut first (None: the model's limit, at most 512)"})
+    score_head: str | None = field(default=None, metadata={
+        "help": "classifier or yes_no, for a model without bigrerank_scoring.json (default: its architecture's)"})
+    template: str | None = field(default=None, metadata={
+        "help": "pair, qwen3-reranker, bge-gemma or a JSON file, for a model without bigrerank_scoring.json"})
+    instruction: str | None = field(default=None, metadata={"help": "the prompt template's {instruction}"})
     bf16: bool = field(default=False, metadata={"help": "score in bfloat16 (CPU or GPU)"})
     fp16: bool = field(default=False, metadata={"help": "score in float16 (GPU only)"})
     torch_compile: bool = field(default=False, metadata={
@@ -105,7 +110,11 @@ def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInf
         raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
     try:
         return RerankerForInference.from_pretrained(model_dir, max_len=args.max_len, device=device,
-                                                    precision=precision(args), torch_compile=args.torch_compile)
+                                                    precision=precision(args), torch_compile=args.torch_compile,
+                                                    score_head=args.score_head, template=args.template,
+                                                    instruction=args.instruction)
+    except InputError:
+        raise
     except ValueError as e:
         raise InputError(model_dir, str(e)) from None
 

@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import losses
+from .. import losses, scoring
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
-from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
 from . import distributed, ds_config, skip_non_finite
 from .batches import encode_micro_batch
@@ -74,7 +73,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict):
+def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None):
     """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
@@ -83,7 +82,7 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
-    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std)
+    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
     skip_non_finite.guard(engine)
@@ -138,6 +137,8 @@ def train(model_args, data_args, args, on_reduced=None):
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
+    contract = scoring.resolve(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
+                               data_args.template, data_args.instruction, data_args.max_len)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
@@ -147,7 +148,7 @@ def train(model_args, data_args, args, on_reduced=None):
     sampler = GroupSampler(dataset, data_args.train_group_size, args.seed)
     per_micro, steps_per_epoch, total_steps = schedule(len(sampler), args, world)
     torch.manual_seed(args.seed)  # the same new head on every rank
-    engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config)
+    engine, config = build_engine(model_args, model_config, args, world, total_steps, raw_config, contract)
     torch.manual_seed(args.seed + rank)  # dropout differs across ranks
 
     output_dir, ckpt_root = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
@@ -160,13 +161,14 @@ def train(model_args, data_args, args, on_reduced=None):
     info = {"base_model": model_args.model_name_or_path, "loss": args.loss, "train_group_size": data_args.train_group_size,
             "max_len": data_args.max_len, "learning_rate": args.learning_rate, "total_steps": total_steps,
             "zero_stage": ds_config.zero_stage(config), "bf16": args.bf16, "fp16": args.fp16, "world_size": world,
-            "collaborative": args.collaborative, "grad_cache_chunk_size": args.grad_cache_chunk_size}
+            "collaborative": args.collaborative, "grad_cache_chunk_size": args.grad_cache_chunk_size,
+            "score_head": contract.score_head, "template": contract.template_name}
     train_log = wandb_run = None
     if distributed.is_main():
         wandb_run = start_wandb(args, output_dir, {**asdict(args), **info}) if args.report_to == "wandb" else None
         train_log = TrainLog(output_dir / "train_log.jsonl", step, wandb_run)
 
-    encoder = PairEncoder(tokenizer, data_args.max_len)
+    encoder = scoring.make_encoder(tokenizer, data_args.max_len, contract)
     mode = StepMode(args.grad_cache_chunk_size, args.collaborative)
     accum = args.gradient_accumulation_steps
     preemption = Preemption()
@@ -188,7 +190,8 @@ def train(model_args, data_args, args, on_reduced=None):
         def save(at_step: int) -> Path:
             client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
             return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
-                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
+                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1),
+                                        scoring.CONTRACT_FILE: contract.to_json()})
 
         while step < total_steps:
             epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
@@ -256,7 +259,7 @@ def train(model_args, data_args, args, on_reduced=None):
 
         final = save(step)
         if distributed.is_main():
-            consolidate(final, output_dir)
+            consolidate(final, output_dir, keep_causal_lm=model_args.keep_causal_lm)
             if wandb_run is not None:
                 wandb_run.finish()
         distributed.barrier()
