@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -173,20 +174,20 @@ def test_scoring_mistakes_are_input_errors(decoders, tmp_path):
     config, tokenizer = load_config(model_dir), load_tokenizer(model_dir)
 
     def template_file(**fields):
-        path = tmp_path / "t.json"
+        path = tmp_path / f"t{len(list(tmp_path.glob('t*.json')))}.json"
         path.write_text(json.dumps(fields))
         return str(path)
 
     cases = {
         "unknown template": dict(template="qwen9"),
-        "several tokens": dict(template=template_file(template="{query} {passage}", yes="absolutely", no="no")),
-        "no {passage}": dict(template=template_file(template="Q: {query}", yes="yes", no="no")),
-        "exactly one {query}": dict(template=template_file(template="{passage}", yes="yes")),
+        "tokens for this tokenizer, not one": dict(template=template_file(template="{query} {passage}", yes="absolutely", no="no")),
+        "exactly one {passage} slot": dict(template=template_file(template="Q: {query}", yes="yes", no="no")),
+        "exactly one {query} slot": dict(template=template_file(template="{passage}", yes="yes")),
         "unknown score head": dict(score_head="logits"),
         "needs a prompt template": dict(score_head="yes_no", template="pair"),
     }
     for expected, flags in cases.items():
-        with pytest.raises(InputError, match=expected.split(" (")[0].replace("{", "\\{").replace("}", "\\}")):
+        with pytest.raises(InputError, match=re.escape(expected)):
             scoring.resolve(model_dir, config, tokenizer, **flags)
     bert = str(tiny_model_dir(tmp_path / "bert"))
     with pytest.raises(InputError, match="needs a decoder with a language-model head"):
