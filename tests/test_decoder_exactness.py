@@ -20,7 +20,7 @@ from bigrerank import scoring
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_jobs
 from tests.reference import reference_state, relative_difference, update_difference
-from tests.tiny import write_groups
+from tests.tiny import with_teacher_scores, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 
 STEPS, GROUP, PER_RANK, MAX_LEN = 3, 5, 2, 192
@@ -133,3 +133,21 @@ def test_decoder_modes_match_the_plain_reference(setup, world):
         assert weight_error < 1e-5 and moved > 1e-3, (run.name, weight_error, moved)
     print(f"{world} rank(s): gradients within {worst[0]:.1e} (global), {worst[1]:.1e} (worst tensor)")
 
+
+
+def test_token_id_and_flagembedding_data_train_like_text(setup):
+    """The data layouts training reads — the Reranker's with token ids, FlagEmbedding's with text — give a decoder
+    prompt the gradients of the Reranker-layout text reference (1 rank, ZeRO-0, yes_no)."""
+    tmp, models, data = setup
+    model = models[("qwen3", "yes_no")]
+    as_ids = write_groups(tmp / "ids.jsonl", queries=16, negatives=6, as_ids_of=load_tokenizer(str(model)))
+    flag = with_teacher_scores(write_groups(tmp / "flag.jsonl", queries=16, negatives=6), flag=True)
+    runs = {layout: tmp / "layouts" / layout for layout in ("ids", "flag")}
+    run_jobs(1, [(_argv(model, path, runs[layout], "yes_no", 0, False, 0), str(runs[layout] / "grads"))
+                 for layout, path in (("ids", as_ids), ("flag", flag))])
+    _, gradients = _reference(model, "yes_no", data, PER_RANK)
+    for layout, run in runs.items():
+        for step in range(STEPS):
+            recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
+            global_error, worst_tensor = relative_difference(recorded, gradients[step])
+            assert global_error < 1e-5 and worst_tensor < 1e-4, (layout, step + 1, global_error, worst_tensor)

@@ -22,6 +22,7 @@ from .. import losses, scoring
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
+from ..errors import InputError
 from ..model import load_config, load_reranker, load_tokenizer
 from . import distributed, ds_config, skip_non_finite
 from .batches import encode_micro_batch
@@ -139,6 +140,8 @@ def train(model_args, data_args, args, on_reduced=None):
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     contract = scoring.resolve(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
                                data_args.template, data_args.instruction, data_args.max_len)
+    if contract.score_head == "yes_no" and model_args.head_init_std is not None:
+        raise InputError("--head_init_std", "re-draws a classification head; the yes_no head has none")
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
