@@ -109,7 +109,8 @@ stage "5. decoder rerankers"
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then only=(); else
   only=(--deselect "tests/test_decoder_exactness.py::test_decoder_modes_match_the_plain_reference[2]"); fi
 check decoder_exactness logged "$OUT/decoder_exactness.log" \
-  timeout -k 15 240 python -m pytest -q -rs -s tests/test_decoder_exactness.py tests/test_decoder_scoring.py "${only[@]}"
+  timeout -k 15 240 python -m pytest -q -rs -s tests/test_decoder_exactness.py tests/test_decoder_scoring.py \
+  "${only[@]}"
 decoder_bf16_run() {
   python -c "import sys; from tests.tiny import write_groups; from tests.tiny_decoder import tiny_decoder_dir; \
 tiny_decoder_dir(sys.argv[1], 'qwen3', init_range=0.2); write_groups(sys.argv[2], queries=32)" \

@@ -151,3 +151,23 @@ def test_token_id_and_flagembedding_data_train_like_text(setup):
             recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
             global_error, worst_tensor = relative_difference(recorded, gradients[step])
             assert global_error < 1e-5 and worst_tensor < 1e-4, (layout, step + 1, global_error, worst_tensor)
+
+
+def test_bf16_decoders_train_near_the_fp32_reference(setup):
+    """bf16 (CPU) on ZeRO-3 (yes_no, Llama, cached) and ZeRO-2 (classifier, Qwen3), one rank:
+    every step finite and the final weights within the half-precision tolerance of the encoder test (1e-2)."""
+    import json
+
+    tmp, models, data = setup
+    modes = [("llama", "yes_no", 4, 3), ("qwen3", "classifier", 0, 2)]  # (arch, head, chunk, stage)
+    runs = {mode: tmp / "bf16" / f"{mode[0]}-{mode[1]}" for mode in modes}
+    run_jobs(1, [_argv(models[(arch, head)], data, out, head, chunk, False, stage) + ["--bf16"]
+                 for (arch, head, chunk, stage), out in runs.items()])
+    for (arch, head, _, _), run in runs.items():
+        rows = [json.loads(line) for line in open(run / "train_log.jsonl")]
+        assert len(rows) == STEPS and all(r["skipped_steps"] == 0 for r in rows), rows
+        weights, _ = _reference(models[(arch, head)], head, data, PER_RANK)
+        final, reference = _final_weights(run, head, weights, arch == "qwen3")
+        error, _ = relative_difference(final, reference)
+        print(f"bf16 {run.name}: weights vs fp32 reference {error:.1e}")
+        assert error < 1e-2, (run.name, error)

@@ -180,7 +180,8 @@ def test_scoring_mistakes_are_input_errors(decoders, tmp_path):
 
     cases = {
         "unknown template": dict(template="qwen9"),
-        "tokens for this tokenizer, not one": dict(template=template_file(template="{query} {passage}", yes="absolutely", no="no")),
+        "tokens for this tokenizer, not one": dict(
+            template=template_file(template="{query} {passage}", yes="absolutely", no="no")),
         "exactly one {passage} slot": dict(template=template_file(template="Q: {query}", yes="yes", no="no")),
         "exactly one {query} slot": dict(template=template_file(template="{passage}", yes="yes")),
         "unknown score head": dict(score_head="logits"),

@@ -61,13 +61,19 @@ def fp32_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
 
 def model_card(config, info: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
-    return (f"# Cross-encoder reranker\n\nA `{config.model_type}` sequence classifier with one relevance logit, "
-            "trained with [bigrerank](https://pypi.org/project/bigrerank/) on DeepSpeed.\n\n"
-            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-            "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
-            "tokenizer = AutoTokenizer.from_pretrained(path)\n"
-            "score = model(**tokenizer(query, passage, return_tensors='pt')).logits[0, 0]\n```\n\n"
-            f"## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
+    if any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or []):
+        intro = (f"# LLM reranker\n\nA `{config.model_type}` causal LM scoring a pair as logit(yes) - logit(no) at "
+                 "the end of its prompt (see bigrerank_scoring.json)")
+        usage = ("from bigrerank import RerankerForInference\n"
+                 "scores = RerankerForInference.from_pretrained(path).score(queries, passages)")
+    else:
+        intro = f"# Cross-encoder reranker\n\nA `{config.model_type}` sequence classifier with one relevance logit"
+        usage = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                 "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+                 "score = model(**tokenizer(query, passage, return_tensors='pt')).logits[0, 0]")
+    return (f"{intro}, trained with [bigrerank](https://pypi.org/project/bigrerank/) on DeepSpeed.\n\n"
+            f"```python\n{usage}\n```\n\n## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
 
 
 def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB",
