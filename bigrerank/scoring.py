@@ -142,13 +142,17 @@ def build_contract(config, tokenizer, head: str, spec: TemplateSpec | None, inst
         if spec is None:
             raise InputError("--template", f"--score_head yes_no needs a prompt template ({', '.join(BUILTIN)} "
                                            "or a .json file), not 'pair'")
+    append_eos = head == "classifier" and spec is None and is_decoder(config)
+    if append_eos and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        log.warning("the padding token is the EOS token: the classifier reads the token before the appended EOS "
+                    "(the same in training, rerank and export)")
     yes = answer_token_id(tokenizer, spec.yes, f"template {spec.name}") if spec else None
     no = answer_token_id(tokenizer, spec.no, f"template {spec.name}") if spec and spec.no is not None else None
     if spec is not None and instruction is None:
         instruction = spec.instruction
     return ScoringContract(score_head=head, template=spec.to_dict() if spec else None, instruction=instruction,
                            yes_token_id=yes, no_token_id=no,
-                           append_eos=head == "classifier" and spec is None and is_decoder(config), max_len=max_len,
+                           append_eos=append_eos, max_len=max_len,
                            pad_token_id=tokenizer.pad_token_id)
 
 

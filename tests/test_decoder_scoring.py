@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from bigrerank import scoring
 from bigrerank.data.templates import BUILTIN, PromptEncoder, load_spec
@@ -193,6 +193,12 @@ def test_scoring_mistakes_are_input_errors(decoders, tmp_path):
     bert = str(tiny_model_dir(tmp_path / "bert"))
     with pytest.raises(InputError, match="needs a decoder with a language-model head"):
         scoring.resolve(bert, load_config(bert), load_tokenizer(bert), "yes_no", "qwen3-reranker")
+    untied = tiny_decoder_dir(tmp_path / "untied", "llama", tie=False)  # a classifier checkpoint: no LM head saved
+    AutoModelForSequenceClassification.from_pretrained(untied, num_labels=1).save_pretrained(tmp_path / "cls")
+    load_tokenizer(str(untied)).save_pretrained(tmp_path / "cls")
+    classifier = str(tmp_path / "cls")
+    with pytest.raises(InputError, match="the checkpoint has no LM head"):
+        scoring.resolve(classifier, load_config(classifier), load_tokenizer(classifier), "yes_no", "qwen3-reranker")
 
 
 def test_defaults_follow_the_architecture_and_the_log_says_which(decoders, tmp_path, caplog):
