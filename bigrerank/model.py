@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PreTrainedModel)
 
 from .errors import InputError
+from .scoring import install_answer_head, scores_from_logits
 
 
 def _pretrained(load, name_or_path: str, **kwargs):
@@ -38,8 +40,17 @@ def max_len_problem(max_len: int, max_positions: int | None) -> str | None:
     return None
 
 
-def load_reranker(name_or_path: str, head_init_std: float | None = None, **config_overrides) -> PreTrainedModel:
-    """Any backbone with a single-logit classification head (a new head when the checkpoint has another)."""
+def load_reranker(name_or_path: str, head_init_std: float | None = None, contract=None,
+                  **config_overrides) -> PreTrainedModel:
+    """The model a scoring contract (scoring.py) asks for: by default, and for the `classifier` head, any backbone
+    with a single-logit classification head (a new head when the checkpoint has another); for `yes_no`, the causal
+    LM with its LM head cut to the answer rows."""
+    if contract is not None and contract.score_head == "yes_no":
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=load_config(name_or_path, **config_overrides))
+        install_answer_head(model, contract)
+        return model
+    if contract is not None and contract.pad_token_id is not None:
+        config_overrides.setdefault("pad_token_id", contract.pad_token_id)  # the decoder reads the last non-pad
     config = load_config(name_or_path, num_labels=1, **config_overrides)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
                                                                ignore_mismatched_sizes=True)
@@ -65,5 +76,5 @@ def _last_linear(module: torch.nn.Module) -> torch.nn.Linear:
 
 
 def pair_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One relevance score per pair, shape (pairs,), as float32 whatever the compute dtype."""
-    return model(**batch).logits.squeeze(-1).float()
+    """One relevance score per pair, shape (pairs,), as float32 whatever the compute dtype (either head)."""
+    return scores_from_logits(model(**batch).logits, batch.get("attention_mask")).float()

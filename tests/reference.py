@@ -18,15 +18,20 @@ from bigrerank.training.trainer import param_groups
 @functools.cache  # the proofs share their references: computed once per arguments, never modified by a caller
 def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int, accum: int, group_size: int,
                     lr: float, seed: int = 42, max_len: int = 32, clip: float = 1.0, eps: float = 1e-8,
-                    loss: str = "lce", optimizer: str = "adamw") -> tuple[dict, list[dict]]:
+                    loss: str = "lce", optimizer: str = "adamw", model=None, encoder=None,
+                    score=None) -> tuple[dict, list[dict]]:
     """Weights after `steps` optimizer steps of plain full-group training on the trainer's query order,
-    and each step's gradients (before clipping)."""
+    and each step's gradients (before clipping).
+
+    `model`, `encoder` and `score(model, batch) -> (pairs,)` replace the encoder reranker, its pair encoder and
+    its logits (decoder references)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
-    model = load_reranker(str(model_dir))
+    model = model if model is not None else load_reranker(str(model_dir))
+    score = score or (lambda net, batch: net(**batch).logits)
     dataset = load_groups(train_path, len(tokenizer), group_size)
     sampler = GroupSampler(dataset, group_size, seed)
-    encoder = PairEncoder(tokenizer, max_len)
+    encoder = encoder or PairEncoder(tokenizer, max_len)
     optimizer = (torch.optim.SGD(param_groups(model, 0.0), lr=lr) if optimizer == "sgd"
                  else torch.optim.AdamW(param_groups(model, 0.0), lr=lr, eps=eps, weight_decay=0.0))
     schedule = WarmupDecayLR(optimizer, warmup_min_lr=0, warmup_max_lr=lr, warmup_num_steps=1,
@@ -45,7 +50,7 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
             for query, passages in groups:
                 q_ids, *p_ids = encoder.token_ids([query, *passages]) if isinstance(query, str) else [query, *passages]
                 pairs.extend(encoder.encode_ids(q_ids, p) for p in p_ids)
-            scores = model(**encoder.collate(pairs)).logits.view(len(groups), group_size)
+            scores = score(model, encoder.collate(pairs)).view(len(groups), group_size)
             (LOSSES[loss].fn(scores, teacher=teacher) / accum).backward()
         gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

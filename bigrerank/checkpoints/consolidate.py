@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..atomic import apply_umask, temp_dir_beside
 from ..command_line import CommandParser
 from ..errors import InputError
+from ..scoring import ScoringContract
+from .export_heads import yes_no_to_classifier
 from .store import MANIFEST, incomplete_reason, is_save_dir, latest, read_manifest
 
 TRAINING_INFO = "bigrerank_training.json"
@@ -98,21 +100,32 @@ def _master_weights(optimizer_state, group_names: list[list[str]] | None, module
 
 def model_card(config, info: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
-    return (f"# Cross-encoder reranker\n\nA `{config.model_type}` sequence classifier with one relevance logit, "
-            "trained with [bigrerank](https://pypi.org/project/bigrerank/) on DeepSpeed.\n\n"
-            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-            "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
-            "tokenizer = AutoTokenizer.from_pretrained(path)\n"
-            "score = model(**tokenizer(query, passage, return_tensors='pt')).logits[0, 0]\n```\n\n"
-            f"## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
+    if any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or []):
+        intro = (f"# LLM reranker\n\nA `{config.model_type}` causal LM scoring a pair as logit(yes) - logit(no) at "
+                 "the end of its prompt (see bigrerank_scoring.json)")
+        usage = ("from bigrerank import RerankerForInference\n"
+                 "scores = RerankerForInference.from_pretrained(path).score(queries, passages)")
+    else:
+        intro = f"# Cross-encoder reranker\n\nA `{config.model_type}` sequence classifier with one relevance logit"
+        usage = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                 "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+                 "score = model(**tokenizer(query, passage, return_tensors='pt')).logits[0, 0]")
+    return (f"{intro}, trained with [bigrerank](https://pypi.org/project/bigrerank/) on DeepSpeed.\n\n"
+            f"```python\n{usage}\n```\n\n## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
 
 
-def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB") -> Path:
-    """Write an HF reranker directory from a full state dict; it appears complete or not at all."""
+def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB",
+                    contract: ScoringContract | None = None) -> Path:
+    """Write an HF reranker directory from a full state dict; it appears complete or not at all.
+
+    A sequence classifier with one label, or the causal LM of a `yes_no` contract; the contract goes beside it."""
     out_dir = Path(out_dir)
-    config.num_labels = 1
+    causal = contract is not None and contract.score_head == "yes_no"
+    if not causal:
+        config.num_labels = 1
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_config(config)
     expected = set(model.state_dict())
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
@@ -123,6 +136,8 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
                               max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(config, info))
+        if contract is not None:
+            contract.save(tmp)
         files = sorted([*(p.name for p in tmp.iterdir()), TRAINING_INFO])
         (tmp / TRAINING_INFO).write_text(json.dumps({**info, EXPORTED_FILES: files}, indent=1, default=str))
         apply_umask(tmp)
@@ -147,7 +162,9 @@ def _place(tmp: Path, out_dir: Path) -> None:
         os.replace(item, target)
 
 
-def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
+def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False) -> Path:
+    """A checkpoint as a Hugging Face directory; a `yes_no` model becomes a sequence classifier unless
+    `keep_causal_lm`."""
     root, tag = locate(checkpoint, tag)
     hf_dir = root / tag / "hf"
     config = AutoConfig.from_pretrained(hf_dir)
@@ -155,7 +172,10 @@ def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
-    return write_model_dir(fp32_state_dict(root, tag), config, tokenizer, out_dir, info)
+    state_dict, contract = fp32_state_dict(root, tag), ScoringContract.read(hf_dir)
+    if contract is not None and contract.score_head == "yes_no" and not keep_causal_lm:
+        state_dict, config, contract = yes_no_to_classifier(state_dict, config, contract)
+    return write_model_dir(state_dict, config, tokenizer, out_dir, info, contract=contract)
 
 
 def is_export(directory: Path) -> bool:
@@ -186,6 +206,8 @@ class ConsolidateArguments:
         "help": "Hugging Face directory to write: new, empty, or a previous export (replaced)",
         "aliases": ["--out_dir"]})
     tag: str | None = field(default=None, metadata={"help": "checkpoint tag, e.g. step-500 (None: 'latest')"})
+    keep_causal_lm: bool = field(default=False, metadata={
+        "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                            description="Turn a DeepSpeed checkpoint into a Hugging Face reranker directory.")
     (args,) = parser.parse(_positional(argv))
     check_export_dir(args.output)
-    out = consolidate(args.checkpoint, args.output, args.tag)
+    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm)
     print(f"wrote {out}")
     return 0
 

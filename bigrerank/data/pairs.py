@@ -8,7 +8,7 @@ BERT's `[CLS] q [SEP] p [SEP]`, RoBERTa's `<s> q </s></s> p </s>` and any other 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -72,9 +72,13 @@ class PairTemplate:
 class PairEncoder:
     """Turns (query, passage) pairs — text or token ids without special tokens — into padded batches."""
 
-    def __init__(self, tokenizer, max_len: int):
+    def __init__(self, tokenizer, max_len: int, append_eos: bool = False):
         self.tokenizer, self.max_len = tokenizer, max_len
         self.template = PairTemplate.from_tokenizer(tokenizer)
+        if append_eos and self.template.suffix[-1:] != (tokenizer.eos_token_id,):
+            # a decoder's classifier reads the last token: the same EOS ends every pair
+            self.template = replace(self.template, suffix=(*self.template.suffix, tokenizer.eos_token_id),
+                                    suffix_types=(*self.template.suffix_types, self.template.passage_type))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.use_token_types = "token_type_ids" in tokenizer.model_input_names
 

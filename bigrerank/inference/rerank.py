@@ -53,6 +53,11 @@ class RerankArguments:
     max_len: int | None = field(default=None, metadata={
         "help": "pair length limit in tokens, passage cut first (None: the length the model was trained at, from its "
                 f"{TRAINING_INFO}; for other models their limit, at most 512)"})
+    score_head: str | None = field(default=None, metadata={
+        "help": "classifier or yes_no, for a model without bigrerank_scoring.json (default: its architecture's)"})
+    template: str | None = field(default=None, metadata={
+        "help": "pair, qwen3-reranker, bge-gemma or a JSON file, for a model without bigrerank_scoring.json"})
+    instruction: str | None = field(default=None, metadata={"help": "the prompt template's {instruction}"})
     bf16: bool = field(default=False, metadata={"help": "score in bfloat16 (CPU or GPU)"})
     fp16: bool = field(default=False, metadata={"help": "score in float16 (GPU only)"})
     torch_compile: bool = field(default=False, metadata={
@@ -138,7 +143,11 @@ def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInf
     model_dir = Path(args.model)
     try:
         return RerankerForInference.from_pretrained(model_dir, max_len=scoring_max_len(args), device=device,
-                                                    precision=precision(args), torch_compile=args.torch_compile)
+                                                    precision=precision(args), torch_compile=args.torch_compile,
+                                                    score_head=args.score_head, template=args.template,
+                                                    instruction=args.instruction)
+    except InputError:
+        raise
     except ValueError as e:
         raise InputError(model_dir, str(e)) from None
 

@@ -15,11 +15,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          BatchEncoding)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .. import scoring
 from ..data.pairs import PairEncoder
 from ..model import max_len_problem
+from ..scoring import ScoringContract
 from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,9 +74,11 @@ class RerankerForInference(nn.Module):
     """A sequence-classification model with one logit per (query, passage) pair, ready for scoring."""
 
     def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32",
-                 torch_compile: bool = False):
+                 torch_compile: bool = False, contract: ScoringContract | None = None):
         super().__init__()
-        if hf_model.config.num_labels != 1:
+        self.contract = contract
+        yes_no = contract is not None and contract.score_head == "yes_no"
+        if not yes_no and hf_model.config.num_labels != 1:
             raise ValueError("a reranker has one output logit (num_labels=1), "
                              f"this model has {hf_model.config.num_labels}")
         self.device = torch.device(device) if device is not None else default_device()
@@ -81,10 +86,11 @@ class RerankerForInference(nn.Module):
         self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
         self.tokenizer = tokenizer
         self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
-        self.max_len = self._check_max_len(max_len or default_max_len(hf_model.config, tokenizer))
+        self.max_len = self._check_max_len(max_len or (contract and contract.max_len)
+                                           or default_max_len(hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
-        self.full_forward_reason = unsupported(self.hf_model)
+        self.full_forward_reason = "a decoder (yes/no answer head)" if yes_no else unsupported(self.hf_model)
         if self.full_forward_reason is None:
             self._scorer = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
             # one dynamic-shape graph for every batch size and width, compiled at the first batch
@@ -94,12 +100,23 @@ class RerankerForInference(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
-                        torch_compile: bool = False, **model_kwargs) -> "RerankerForInference":
-        """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output."""
-        hf_model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **model_kwargs)
+                        torch_compile: bool = False, score_head: str | None = None, template: str | None = None,
+                        instruction: str | None = None, **model_kwargs) -> "RerankerForInference":
+        """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output, scored the way its
+        `bigrerank_scoring.json` says; a model without one (a released reranker, a base model) gets its
+        architecture's default or `score_head` / `template` / `instruction`."""
+        config = AutoConfig.from_pretrained(model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        contract = scoring.resolve(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
+        if contract.score_head == "yes_no":
+            hf_model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **model_kwargs)
+            scoring.install_answer_head(hf_model, contract)
+        else:
+            if contract.pad_token_id is not None and scoring.is_decoder(config):
+                model_kwargs.setdefault("pad_token_id", contract.pad_token_id)
+            hf_model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **model_kwargs)
         return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
-                   torch_compile=torch_compile)
+                   torch_compile=torch_compile, contract=contract)
 
     def _check_max_len(self, max_len: int) -> int:
         problem = max_len_problem(max_len, self.max_positions)
@@ -111,7 +128,7 @@ class RerankerForInference(nn.Module):
         """The pair encoder for `max_len` (default: the reranker's), built once."""
         max_len = self._check_max_len(max_len or self.max_len)
         if max_len not in self._encoders:
-            self._encoders[max_len] = PairEncoder(self.tokenizer, max_len)
+            self._encoders[max_len] = scoring.make_encoder(self.tokenizer, max_len, self.contract)
         return self._encoders[max_len]
 
     def tokenize(self, queries: str | Sequence[str], passages: str | Sequence[str], max_len: int | None = None,
@@ -147,7 +164,9 @@ class RerankerForInference(nn.Module):
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
         with torch.inference_mode(), self._autocast():
             if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
-                return self.hf_model(**batch)
+                logits = self.hf_model(**batch).logits
+                scores = scoring.scores_from_logits(logits, batch.get("attention_mask"))
+                return SequenceClassifierOutput(logits=scores.unsqueeze(-1))
             self._scorer.check_weights()
             return SequenceClassifierOutput(logits=self._score_pairs(**batch))
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, losses
+from .. import distributed, losses, scoring
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
-from ..data.pairs import PairEncoder
+from ..errors import InputError
 from ..model import load_config, load_reranker, load_tokenizer
 from . import ds_config, resume_check, run_dir, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
@@ -50,7 +50,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict):
+def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None):
     """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
@@ -59,7 +59,7 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
-    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std)
+    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
     skip_non_finite.guard(engine)
@@ -74,6 +74,7 @@ class Run:
     engine: object
     config: dict                   # the resolved DeepSpeed config
     tokenizer: object
+    contract: object               # how the model scores a pair (scoring.ScoringContract), saved beside it
     source: MicroBatchSource
     steps_per_epoch: int
     total_steps: int
@@ -97,6 +98,10 @@ def prepare(model_args, data_args, args) -> Run:
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
+    contract = scoring.resolve(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
+                               data_args.template, data_args.instruction, data_args.max_len)
+    if contract.score_head == "yes_no" and model_args.head_init_std is not None:
+        raise InputError("--head_init_std", "re-draws a classification head; the yes_no head has none")
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
@@ -109,12 +114,12 @@ def prepare(model_args, data_args, args) -> Run:
     recorded = resume_check.settings(model_args, data_args, args, shard.world, dataset, raw_config, total_steps)
     resume_check.check(resume_dir, recorded)
     torch.manual_seed(args.seed)  # the same new head on every rank
-    engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config)
+    engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
-    source = MicroBatchSource(sampler, PairEncoder(tokenizer, data_args.max_len), shard,
+    source = MicroBatchSource(sampler, scoring.make_encoder(tokenizer, data_args.max_len, contract), shard,
                               args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
                               with_teacher, engine.device)
-    return Run(engine, config, tokenizer, source, steps_per_epoch, total_steps, resume_dir, recorded)
+    return Run(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir, recorded)
 
 
 def training_info(model_args, data_args, args, run: Run) -> dict:
@@ -124,7 +129,8 @@ def training_info(model_args, data_args, args, run: Run) -> dict:
             "learning_rate": args.learning_rate, "total_steps": run.total_steps,
             "zero_stage": ds_config.zero_stage(run.config), "bf16": args.bf16, "fp16": args.fp16,
             "world_size": run.source.shard.world, "collaborative": args.collaborative,
-            "grad_cache_chunk_size": args.grad_cache_chunk_size}
+            "grad_cache_chunk_size": args.grad_cache_chunk_size,
+            "score_head": run.contract.score_head, "template": run.contract.template_name}
 
 
 class Checkpoints:
@@ -148,7 +154,8 @@ class Checkpoints:
         engine = self.run.engine
         return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
                           self.args.save_total_limit,
-                          hf_files={TRAINING_INFO: json.dumps({**self.info, "step": step}, indent=1)})
+                          hf_files={TRAINING_INFO: json.dumps({**self.info, "step": step}, indent=1),
+                                    scoring.CONTRACT_FILE: self.run.contract.to_json()})
 
 
 class NonFiniteSteps:
@@ -228,7 +235,7 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
 
         final = checkpoints.save(step)
         if distributed.is_main():
-            consolidate(final, Path(args.output_dir))
+            consolidate(final, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm)
             if train_log is not None:
                 train_log.finish()
         distributed.barrier()
