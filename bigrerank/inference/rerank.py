@@ -99,15 +99,25 @@ def init_distributed() -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, started
 
 
-def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
-    model_dir = Path(args.model)
+def require_model_dir(model_dir) -> Path:
+    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
+    return model_dir
+
+
+def open_reranker(model_dir, **options) -> RerankerForInference:
+    """`RerankerForInference.from_pretrained(model_dir, **options)`; a directory it cannot use is an InputError."""
+    model_dir = require_model_dir(model_dir)
     try:
-        return RerankerForInference.from_pretrained(model_dir, max_len=args.max_len, device=device,
-                                                    precision=precision(args), torch_compile=args.torch_compile)
+        return RerankerForInference.from_pretrained(model_dir, **options)
     except ValueError as e:
         raise InputError(model_dir, str(e)) from None
+
+
+def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
+    return open_reranker(args.model, max_len=args.max_len, device=device, precision=precision(args),
+                         torch_compile=args.torch_compile)
 
 
 def read_candidates(args: RerankArguments, vocab_size: int) -> list[Candidate]:
