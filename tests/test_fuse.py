@@ -142,6 +142,11 @@ def _learned_file(split):
     return split["dir"] / "learned.fusion.json"
 
 
+def _edited(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return path
+
+
 @pytest.mark.parametrize("case, message", [
     (lambda s: ["--runs", s["a"], s["dir"] / "nope.trec", "--method", "rrf"], "nope.trec: no such file"),
     (lambda s: ["--runs", s["a"], "--method", "rrf"], "--runs: needs at least two runs to fuse, got 1"),
@@ -158,6 +163,12 @@ def _learned_file(split):
      "learned.fusion.json: field 'runs': learned for 2 runs, --runs gives 3"),
     (lambda s: ["--runs", s["a"], s["b"], "--weights", _learned_file(s), "--method", "rrf"],
      "field 'method': learned for --method wsum, not rrf"),
+    (lambda s: ["--runs", s["a"], s["b"], "--weights", _edited(_learned_file(s), params={"weights": [1, "x"]})],
+     "learned.fusion.json: field 'params': --method wsum needs a list of weights"),
+    (lambda s: ["--runs", s["a"], s["b"], "--weights", _edited(_learned_file(s), method="rrf", params={"k": 0.5})],
+     "field 'params': rrf's k must be a positive integer, got 0.5"),
+    (lambda s: ["--runs", s["a"], s["b"], "--method", "sum", "--weights", "0.5", "0.5"],
+     "--weights: --method sum takes no parameters"),
     (lambda s: ["--runs", s["a"], write_run(s["dir"] / "short.trec", run_b, QUERIES[:2]), "--method", "rrf"],
      "short.trec: ranks no documents for query 'q3' of"),
 ])

@@ -106,47 +106,45 @@ def check_paths(args: FuseArguments) -> None:
             raise InputError(out, f"the output would overwrite the input {resolved[Path(out).resolve()]}")
 
 
-def _values(values: list[str], method: str, runs: int) -> dict:
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def params_problem(method: str, params: dict, runs: int) -> str | None:
+    """Why `params` do not fit `method` and the number of runs, or None."""
+    if method in WEIGHTED:
+        weights = params.get("weights")
+        if not isinstance(weights, list) or not all(map(_is_number, weights)):
+            return f"--method {method} needs a list of weights"
+        if len(weights) != runs:
+            return f"--method {method} needs one weight per run: {runs} runs, {len(weights)} weights"
+    elif method in SCALAR:
+        name = SCALAR[method][0]
+        value = params.get(name)
+        if not _is_number(value):
+            return f"--method {method} takes one value ({name})"
+        if name == "k" and not (float(value).is_integer() and value >= 1):
+            return f"rrf's k must be a positive integer, got {value}"
+    elif params:
+        return f"--method {method} takes no parameters"
+    return None
+
+
+def params_from_values(values: list[str], method: str, runs: int) -> dict:
     """Parameters from command-line values: one weight per run, or the method's single parameter."""
     try:
         numbers = [float(v) for v in values]
     except ValueError:
         raise InputError("--weights", "takes a JSON file written by --optimize_on, or numbers") from None
-    if method in WEIGHTED:
-        if len(numbers) != runs:
-            raise InputError("--weights", f"--method {method} needs one weight per run: "
-                                          f"{runs} runs, {len(numbers)} weights")
-        return {"weights": numbers}
     if method in SCALAR:
         name = SCALAR[method][0]
-        if len(numbers) != 1:
-            raise InputError("--weights", f"--method {method} takes one value ({name}), got {len(numbers)}")
-        if name == "k":
-            if not numbers[0].is_integer() or numbers[0] < 1:
-                raise InputError("--weights", f"rrf's k must be a positive integer, got {values[0]}")
-            return {"k": int(numbers[0])}
-        return {name: numbers[0]}
-    raise InputError("--weights", f"--method {method} takes no parameters")
-
-
-def check_params(source, method: str, params, runs: int) -> dict:
-    """`params` if they fit `method` and the number of runs, else an InputError naming `source`."""
-    if not isinstance(params, dict):
-        raise InputError(source, "expected an object", field="params")
-    if method in WEIGHTED:
-        weights = params.get("weights")
-        if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                                    for w in weights):
-            raise InputError(source, "expected a list of numbers", field="params.weights")
-        if len(weights) != runs:
-            raise InputError(source, f"{len(weights)} weights for {runs} runs", field="params.weights")
-    elif method in SCALAR:
-        name = SCALAR[method][0]
-        value = params.get(name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise InputError(source, f"expected a number for {method}", field=f"params.{name}")
-    elif params:
-        raise InputError(source, f"{method} takes no parameters", field="params")
+        params = {name: (int(numbers[0]) if name == "k" and numbers[0].is_integer() else numbers[0])
+                  if len(numbers) == 1 else numbers}
+    else:
+        params = {"weights": numbers}
+    problem = params_problem(method, params, runs)
+    if problem:
+        raise InputError("--weights", problem)
     return params
 
 
@@ -173,7 +171,13 @@ def read_fusion_file(path, runs: int) -> tuple[Fusion, list[str]]:
     if not isinstance(names, list) or len(names) != runs:
         raise InputError(path, f"learned for {len(names) if isinstance(names, list) else '?'} runs, "
                                f"--runs gives {runs}", field="runs")
-    return Fusion(saved["method"], saved["norm"], check_params(path, saved["method"], saved["params"], runs)), names
+    params = saved["params"]
+    if not isinstance(params, dict):
+        raise InputError(path, "expected an object", field="params")
+    problem = params_problem(saved["method"], params, runs)
+    if problem:
+        raise InputError(path, problem, field="params")
+    return Fusion(saved["method"], saved["norm"], params), names
 
 
 def chosen_fusion(args: FuseArguments) -> Fusion:
@@ -188,7 +192,7 @@ def chosen_fusion(args: FuseArguments) -> Fusion:
         return saved
     method, norm = args.method or "wsum", args.norm or "min-max"
     if args.weights:
-        return Fusion(method, norm, _values(args.weights, method, runs))
+        return Fusion(method, norm, params_from_values(args.weights, method, runs))
     if args.optimize_on:
         if method in PLAIN:
             raise InputError("--optimize_on", f"--method {method} has no parameters to optimise")
