@@ -243,6 +243,14 @@ def _versus(base: dict, values: dict) -> str:
     return f"{diff.delta:+.4f} ({p_value}{', significant' if diff.significant else ''})"
 
 
+def significance(values: dict[str, dict]) -> str:
+    """nDCG@10 of each reranker against BM25, and LCE against BCE, paired over the evaluation queries."""
+    pairs = [(name, "BM25") for name in values if name != "BM25"]
+    pairs += [("LCE", "BCE")] if {"LCE", "BCE"} <= values.keys() else []
+    return "\n".join(f"- nDCG@10 {a} - {b}: {_versus(values[b], values[a])}" for a, b in pairs) + \
+        "\n(two-sided paired t-test over the evaluation queries, `bigrerank eval --compare`'s; significant: p <= 0.05)"
+
+
 def group_runs(results: list[dict]) -> tuple[dict[tuple[int, int], list[dict]], dict]:
     """LCE runs by (group size, optimizer steps), each {seed, row, values}, and BM25's per-query values."""
     runs: dict[tuple[int, int], list[dict]] = {}
@@ -309,7 +317,7 @@ def main(argv=None) -> int:
     runs = train_and_rerank(args, corpus, train_path, work)
     rows, per_query_values = evaluate_all(args, runs)
     settings = settings_line(args)
-    text = f"{settings}\n\n{table(rows)}\n"
+    text = f"{settings}\n\n{table(rows)}\n\n{significance(per_query_values)}\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{args.collection}_{args.name}"
     (RESULTS / f"{stem}.md").write_text(text)
