@@ -8,6 +8,10 @@ bench/quality_results/<collection>_<name>.{json,md}; models and scores stay unde
 
     python bench/quality.py --collection scifact --name final
     python bench/quality.py --summarize bench/quality_results/scifact_ablation_*.json
+    python bench/quality.py --groups_table bench/quality_results/scifact_groups_*.json   # `quality.sh groups`
+
+Each result JSON keeps every system's per-query nDCG@10 and RR@10 (`per_query`), so that tables over several
+runs (seeds, group sizes) can test differences paired over queries (`bigrerank eval --compare`'s tests).
 
 Runs already finished with the same settings (OUT/quality_settings.json) are reused, not retrained; their
 measured wall times are kept in OUT/quality_walls.json.
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -47,13 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_len", type=int, default=96, help="pair length in training and reranking")
     p.add_argument("--head_init_std", type=float, default=None)
     p.add_argument("--negatives", type=int, default=30, help="hard negatives kept per training query")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the trainer's)")
+    p.add_argument("--grad_cache_chunk_size", type=int, default=None, help="gradient cache chunk in pairs (default: off)")
     p.add_argument("--depth", type=int, default=30, help="rerank the evaluation split's BM25 top K")
     p.add_argument("--parallel", action="store_true",
                    help="train/rerank the losses side by side, one thread each (2-core machines)")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print one table from result files and exit")
+    p.add_argument("--groups_table", nargs="+", metavar="JSON",
+                   help="print the group-size table (LCE runs of several --train_group_size/--max_steps/--seed) and exit")
     args = p.parse_args(argv)
-    if not args.summarize and not args.collection:
-        p.error("--collection is required (or --summarize)")
+    if not (args.summarize or args.groups_table or args.collection):
+        p.error("--collection is required (or --summarize / --groups_table)")
     return args
 
 
@@ -81,11 +90,16 @@ def prepare(args, corpus: Path, work: Path) -> Path:
     return out
 
 
+OPTIONAL_SETTINGS = ("seed", "grad_cache_chunk_size")  # in the settings only when set, so older runs stay reusable
+
+
 def train_settings(args, loss: str) -> dict:
-    return {"loss": loss, "learning_rate": args.learning_rate, "warmup_ratio": args.warmup_ratio,
-            "max_steps": args.max_steps, "train_group_size": args.train_group_size,
-            "per_device_train_batch_size": args.per_device_train_batch_size, "max_len": args.max_len,
-            "head_init_std": args.head_init_std, "negatives": args.negatives}
+    settings = {"loss": loss, "learning_rate": args.learning_rate, "warmup_ratio": args.warmup_ratio,
+                "max_steps": args.max_steps, "train_group_size": args.train_group_size,
+                "per_device_train_batch_size": args.per_device_train_batch_size, "max_len": args.max_len,
+                "head_init_std": args.head_init_std, "negatives": args.negatives}
+    settings.update({key: getattr(args, key) for key in OPTIONAL_SETTINGS if getattr(args, key) is not None})
+    return settings
 
 
 def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str]:
@@ -93,8 +107,8 @@ def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str
            "--train_path", str(train_path), "--output_dir", str(out), "--ds_config", "ds_configs/zero2.json",
            "--logging_steps", "5", "--save_steps", "1000000"]
     for key in ("loss", "learning_rate", "warmup_ratio", "max_steps", "train_group_size",
-                "per_device_train_batch_size", "max_len", "head_init_std"):
-        if settings[key] is not None:
+                "per_device_train_batch_size", "max_len", "head_init_std", *OPTIONAL_SETTINGS):
+        if settings.get(key) is not None:
             cmd += [f"--{key}", str(settings[key])]
     return cmd
 
@@ -156,21 +170,22 @@ def train_and_rerank(args, corpus: Path, train_path: Path, work: Path) -> dict[s
     return runs
 
 
-def evaluate_all(args, runs: dict[str, dict]) -> list[dict]:
+def evaluate_all(args, runs: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+    """Table rows (means over the judged queries) and each system's per-query values {system: {metric: {qid: v}}}."""
     from bigrerank.data.collection import read_qrels, read_run
-    from bigrerank.evaluation.evaluate import evaluate
+    from bigrerank.evaluation.evaluate import per_query
 
     _, split = SPLITS[args.collection]
     d = DATA / args.collection
     qrels = read_qrels(d / "qrels" / f"{split}.tsv")
-    bm25 = read_run(d / "runs" / f"bm25.{split}.top100.trec")
-    rows = [{"system": "BM25", **evaluate(qrels, bm25, METRICS)}]
-    for loss, r in runs.items():
-        reranked = read_run(r["scores"], "scores")
-        rows.append({"system": loss.upper(), **evaluate(qrels, reranked, METRICS),
-                     "final_train_loss": r["final_train_loss"], "train_wall_s": r["train_wall_s"],
-                     "rerank_wall_s": r["rerank_wall_s"]})
-    return rows
+    systems = {"BM25": read_run(d / "runs" / f"bm25.{split}.top100.trec")}
+    systems.update({loss.upper(): read_run(r["scores"], "scores") for loss, r in runs.items()})
+    values = {name: per_query(qrels, run, METRICS) for name, run in systems.items()}
+    rows = [{"system": name, **{m: sum(v.values()) / len(v) for m, v in values[name].items()}} for name in systems]
+    for row, r in zip(rows[1:], runs.values()):
+        row.update(final_train_loss=r["final_train_loss"], train_wall_s=r["train_wall_s"],
+                   rerank_wall_s=r["rerank_wall_s"], train=r["settings"])
+    return rows, values
 
 
 def table(rows: list[dict]) -> str:
@@ -191,6 +206,7 @@ def settings_line(args) -> str:
             f"{args.per_device_train_batch_size} --max_steps {args.max_steps} --learning_rate {args.learning_rate} "
             f"--warmup_ratio {args.warmup_ratio} --max_len {args.max_len}"
             + (f" --head_init_std {args.head_init_std}" if args.head_init_std is not None else "")
+            + "".join(f" --{k} {getattr(args, k)}" for k in OPTIONAL_SETTINGS if getattr(args, k) is not None)
             + f"; {'parallel, 1 thread each' if args.parallel else 'sequential, 2 threads'}")
 
 
@@ -205,10 +221,91 @@ def summarize(paths: list[str]) -> None:
     print(table(rows))
 
 
+def _spread(values: list[float], digits: int = 4, extremes: bool = True) -> str:
+    """mean ± standard deviation over seeds [min-max]; the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    text = f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return text + (f" [{min(values):.{digits}f}-{max(values):.{digits}f}]" if extremes else "")
+
+
+def _seed_mean(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per-query values averaged over the seeds: {metric: {qid: mean}}."""
+    first = runs[0]["values"]
+    return {m: {q: statistics.fmean(r["values"][m][q] for r in runs) for q in first[m]} for m in first}
+
+
+def _versus(base: dict, values: dict) -> str:
+    from bigrerank.evaluation.compare import compare
+
+    (diff,) = [d for d in compare(base, values) if d.metric == "nDCG@10"]
+    p_value = "p < 0.001" if diff.p_value < 0.001 else f"p {diff.p_value:.3f}"
+    return f"{diff.delta:+.4f} ({p_value}{', significant' if diff.significant else ''})"
+
+
+def significance(values: dict[str, dict]) -> str:
+    """nDCG@10 of each reranker against BM25, and LCE against BCE, paired over the evaluation queries."""
+    pairs = [(name, "BM25") for name in values if name != "BM25"]
+    pairs += [("LCE", "BCE")] if {"LCE", "BCE"} <= values.keys() else []
+    return "\n".join(f"- nDCG@10 {a} - {b}: {_versus(values[b], values[a])}" for a, b in pairs) + \
+        "\n(two-sided paired t-test over the evaluation queries, `bigrerank eval --compare`'s; significant: p <= 0.05)"
+
+
+def group_runs(results: list[dict]) -> tuple[dict[tuple[int, int], list[dict]], dict]:
+    """LCE runs by (group size, optimizer steps), each {seed, row, values}, and BM25's per-query values."""
+    runs: dict[tuple[int, int], list[dict]] = {}
+    bm25 = None
+    for result in results:
+        if "per_query" not in result:
+            sys.exit(f"{result['name']}: no per-query values (a result written before they were kept): rerun it")
+        bm25 = result["per_query"]["BM25"]
+        for row in result["rows"]:
+            if row["system"] == "LCE":
+                train = row["train"]
+                runs.setdefault((train["train_group_size"], train["max_steps"]), []).append(
+                    {"seed": train.get("seed"), "row": row, "values": result["per_query"]["LCE"],
+                     "pairs": train["max_steps"] * train["per_device_train_batch_size"] * train["train_group_size"]})
+    return runs, bm25
+
+
+def groups_table(results: list[dict]) -> str:
+    """Markdown tables of LCE by group size G, at equal optimizer steps and at equal scored pairs (the steps of
+    G=8 times 8/G, rounded down, at least 1: as `quality.sh groups` runs them), seeds pooled; each G against G=8 of the same budget and against BM25 on nDCG@10, with the
+    paired t-test over the evaluation queries on seed-averaged per-query values (`eval --compare`'s test)."""
+    runs, bm25 = group_runs(results)
+    if not any(g == 8 for g, _ in runs):
+        sys.exit("the group-size table needs G=8 runs: the reference of both budgets")
+    base_steps = max(steps for g, steps in runs if g == 8)
+    base = _seed_mean(runs[8, base_steps])
+    budgets = {"equal optimizer steps": lambda g, steps: steps == base_steps,
+               "equal scored pairs": lambda g, steps: steps == max(1, base_steps * 8 // g)}
+    lines = []
+    for budget, fits in budgets.items():
+        lines += [f"**{budget}** (G=8: {base_steps} steps)", "",
+                  "| G | steps | pairs scored | seeds | nDCG@10 | RR@10 | train wall s | nDCG@10 vs G=8 | nDCG@10 vs BM25 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for g, steps in sorted(key for key in runs if fits(*key)):
+            cell = runs[g, steps]
+            mean = _seed_mean(cell)
+            walls = [r["row"]["train_wall_s"] for r in cell if r["row"].get("train_wall_s") is not None]
+            lines.append(" | ".join([
+                f"| {g}", str(steps), str(cell[0]["pairs"]), ", ".join(str(r["seed"]) for r in cell),
+                _spread([r["row"]["nDCG@10"] for r in cell]), _spread([r["row"]["RR@10"] for r in cell]),
+                _spread(walls, digits=0, extremes=False) if walls else "",
+                "(reference)" if g == 8 else _versus(base, mean), _versus(bm25, mean)]) + " |")
+        lines.append("")
+    lines.append("Spread: mean ± standard deviation over seeds [min-max]. vs: difference of the seed-averaged "
+                 "nDCG@10, two-sided paired t-test over the evaluation queries (significant: p <= 0.05).")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.summarize:
         summarize(args.summarize)
+        return 0
+    if args.groups_table:
+        print(groups_table([json.loads(Path(p).read_text()) for p in args.groups_table]))
         return 0
     if not (DATA / args.collection).is_dir():
         print(f"skipping {args.collection}: {DATA / args.collection} not found (the shared IR data is absent)")
@@ -218,14 +315,14 @@ def main(argv=None) -> int:
     corpus = DATA / args.collection / "corpus.jsonl"  # `prepare` leaves out documents with no title and no text
     train_path = prepare(args, corpus, work)
     runs = train_and_rerank(args, corpus, train_path, work)
-    rows = evaluate_all(args, runs)
+    rows, per_query_values = evaluate_all(args, runs)
     settings = settings_line(args)
-    text = f"{settings}\n\n{table(rows)}\n"
+    text = f"{settings}\n\n{table(rows)}\n\n{significance(per_query_values)}\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{args.collection}_{args.name}"
     (RESULTS / f"{stem}.md").write_text(text)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"name": args.name, "settings": settings, "rows": rows},
-                                                    indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"name": args.name, "settings": settings, "rows": rows,
+                                                     "per_query": per_query_values}, indent=1))
     print(text)
     return 0
 

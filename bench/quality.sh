@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Ranking quality on real IR data, one command: BM25 vs pointwise BCE vs listwise LCE (MiniLM-L6 backbone).
 #
-#   bash bench/quality.sh [scifact|cranfield|all|ablation]      (default: all)
+#   bash bench/quality.sh [scifact|cranfield|all|ablation|groups]      (default: all)
 #
 # scifact:   train on the 709 train queries (BM25 top-100 hard negatives), rerank the dev BM25 top-K, nDCG@10/RR@10
 # cranfield: the same on Cranfield's train/test split (graded qrels 1-4)
 # ablation:  short SciFact LCE runs that show which knob matters (learning rate, head init, max_len)
+# groups:    SciFact LCE by group size G (8 16 32 64) at equal optimizer steps and at equal scored pairs,
+#            several seeds, with spreads and paired significance (bench/quality_results/groups.md)
 #
 # Working files (training data, models, score files) go to ${BIGRERANK_QUALITY_OUT:-/tmp/bigrerank_quality};
 # small results (markdown tables, metrics JSON) to bench/quality_results/. Settings: QUALITY_* below.
@@ -28,8 +30,9 @@ MAX_LEN=${QUALITY_MAX_LEN:-96}
 STEPS=${QUALITY_STEPS:-360}
 HEAD=${QUALITY_HEAD_INIT_STD:-0.2}
 DEPTH=${QUALITY_DEPTH:-30}
-recipe=(--learning_rate "$LR" --warmup_ratio "$WARMUP" --train_group_size "$GROUP"
-        --per_device_train_batch_size "$BATCH" --max_len "$MAX_LEN" --head_init_std "$HEAD" --depth "$DEPTH" --parallel)
+base=(--learning_rate "$LR" --warmup_ratio "$WARMUP" --per_device_train_batch_size "$BATCH" --max_len "$MAX_LEN"
+      --head_init_std "$HEAD" --depth "$DEPTH")
+recipe=("${base[@]}" --train_group_size "$GROUP" --parallel)
 
 quality() { python bench/quality.py "$@"; }
 
@@ -50,10 +53,38 @@ ablation() {
     quality --summarize bench/quality_results/scifact_ablation_*.json | tee bench/quality_results/ablation.md
 }
 
+groups() {
+    # LCE with G in QUALITY_GROUP_SIZES at equal optimizer steps (STEPS for every G) and at equal scored pairs
+    # (STEPS*8/G steps, at least 1), the gradient cache (chunks of QUALITY_GRAD_CACHE_CHUNK pairs) for G >= 16, and
+    # for every G the same training data: negatives from the BM25 top 100, 99 kept (G=64 draws without
+    # replacement). Seeds: QUALITY_GROUP_SEEDS for G 8 and 32, run first; QUALITY_OTHER_SEEDS for the other sizes.
+    # One run at a time with both threads, so that the wall times compare. Results: scifact_<name>_g*.json and
+    # <name>.md in bench/quality_results (<name>: QUALITY_GROUP_NAME, default groups).
+    local name=${QUALITY_GROUP_NAME:-groups} chunk=${QUALITY_GRAD_CACHE_CHUNK:-8}
+    local sizes=(${QUALITY_GROUP_SIZES:-8 16 32 64}) main_seeds=(${QUALITY_GROUP_SEEDS:-1 2 3})
+    local other_seeds=(${QUALITY_OTHER_SEEDS:-1}) order=() g steps seed
+    for g in "${sizes[@]}"; do [[ $g == 8 || $g == 32 ]] && order+=("$g"); done
+    for g in "${sizes[@]}"; do [[ $g == 8 || $g == 32 ]] || order+=("$g"); done
+    for g in "${order[@]}"; do
+        local seeds=("${other_seeds[@]}") cache=() budgets=("$STEPS")
+        [[ $g == 8 || $g == 32 ]] && seeds=("${main_seeds[@]}")
+        (( g >= 16 )) && cache=(--grad_cache_chunk_size "$chunk")
+        (( g != 8 )) && budgets+=("$(( STEPS * 8 / g > 0 ? STEPS * 8 / g : 1 ))")
+        for steps in "${budgets[@]}"; do
+            for seed in "${seeds[@]}"; do
+                quality --collection scifact --losses lce --name "${name}_g${g}_steps${steps}_s${seed}" --negatives 99 \
+                    --train_group_size "$g" --max_steps "$steps" --seed "$seed" "${cache[@]}" "${base[@]}"
+            done
+        done
+    done
+    quality --groups_table bench/quality_results/scifact_"${name}"_g*.json | tee "bench/quality_results/${name}.md"
+}
+
 case "${1:-all}" in
     scifact) scifact ;;
     cranfield) cranfield ;;
     ablation) ablation ;;
+    groups) groups ;;
     all) scifact; cranfield ;;
-    *) echo "usage: bash bench/quality.sh [scifact|cranfield|all|ablation]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/quality.sh [scifact|cranfield|all|ablation|groups]" >&2; exit 2 ;;
 esac

@@ -15,6 +15,7 @@ COMMANDS = {
     "rerank": ("bigrerank.inference.rerank", "score candidate pairs -> qid<TAB>pid<TAB>score"),
     "convert": ("bigrerank.evaluation.convert", "score file -> MS MARCO or TREC run"),
     "eval": ("bigrerank.evaluation.evaluate", "IR metrics of a run against qrels"),
+    "fuse": ("bigrerank.evaluation.fuse", "fuse runs (e.g. BM25 + reranker) with ranx -> TREC run"),
     "hostfile": ("bigrerank.slurm", "write a DeepSpeed hostfile from a slurm allocation"),
     "demo": ("bigrerank.demo", "the end-to-end job on the bundled default data"),
 }

@@ -1,8 +1,10 @@
 """`bigrerank prepare train|rerank`: turn a first-stage run into grouped training data or rerank input.
 
 train:  one JSON line per query `{"qry": {"qid", "query"}, "pos": [{"pid", "passage"}], "neg": [...]}` —
-        positives from the qrels (grade >= --min_relevance), negatives from the run's top --depth minus
-        every judged-relevant document (grade >= 1), best-ranked first.
+        positives from the qrels (grade >= --min_relevance), negatives from the run's ranks --negatives_from
+        to --depth minus every judged-relevant document (grade >= 1), best-ranked first, then
+        --random_negatives corpus documents (negatives.py); with --teacher each passage gets the teacher's
+        "score" (teacher.py).
 rerank: one JSON line per candidate `{"qid", "pid", "qry", "psg"}` plus `qid<TAB>pid` lines in
         `<out>.ids.tsv` beside it, in the same order.
 
@@ -23,6 +25,7 @@ from ..errors import InputError
 from ..outputs import check_output
 from .collection import (RUN_FORMATS, empty_documents, first_row, passage_text, read_corpus, read_qrels, read_queries,
                          read_run_announced)
+from .negatives import RandomNegatives
 
 SUBCOMMANDS = ("train", "rerank")
 
@@ -87,8 +90,28 @@ class TrainArguments:
     run_format: str = field(default="auto", metadata={
         "help": "format of --run (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
 
+    negatives_from: int = field(default=1, metadata={
+        "help": "hard negatives start at this run rank (1: the top); the ranks above it, where unjudged "
+                "positives hide, are skipped"})
+    random_negatives: int = field(default=0, metadata={
+        "help": "also add this many random corpus documents per query as negatives (never a judged-relevant "
+                "one; the same for the same --seed)"})
+    seed: int = field(default=42, metadata={"help": "seed of --random_negatives"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "a reranker (Hugging Face directory) that scores every passage of every group; written as each "
+                "passage's \"score\", the target of `--loss distill`"})
+    teacher_batch_size: int = field(default=64, metadata={"help": "with --teacher: pairs per forward pass"})
+    teacher_max_len: int | None = field(default=None, metadata={
+        "help": "with --teacher: pair length limit of the teacher (None: the model's limit, at most 512)"})
+    teacher_precision: str = field(default="fp32", metadata={"help": "with --teacher: fp32, bf16 or fp16 (GPU)",
+                                                             "choices": ("fp32", "bf16", "fp16")})
+
     def __post_init__(self):
-        at_least(self, ["depth", "negatives"], 1)
+        at_least(self, ["depth", "negatives", "negatives_from", "teacher_batch_size", "teacher_max_len"], 1)
+        at_least(self, ["random_negatives"], 0)
+        if self.negatives_from > self.depth:
+            raise ValueError(f"--negatives_from {self.negatives_from} is deeper than --depth {self.depth}: "
+                             "no rank to draw from")
 
     def check_outputs(self) -> None:
         check_output(self.output, [self.corpus, self.queries, self.qrels, self.run])
@@ -114,10 +137,12 @@ class RerankArguments:
 
 
 def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]],
-                    depth: int, negatives: int, min_relevance: int,
-                    empty: frozenset[str] = frozenset()) -> tuple[list[tuple[str, list[str], list[str]]], Counter]:
+                    depth: int, negatives: int, min_relevance: int, empty: frozenset[str] = frozenset(),
+                    negatives_from: int = 1, random_negatives: RandomNegatives | None = None,
+                    ) -> tuple[list[tuple[str, list[str], list[str]]], Counter]:
     """(qid, positive ids, negative ids) per usable query, and a count of skipped queries by reason.
 
+    Hard negatives come from run ranks `negatives_from`..`depth`; `random_negatives` adds its draw after them.
     Documents in `empty` (no title, no text) are left out of every group.
     """
     skipped: Counter = Counter()
@@ -127,12 +152,16 @@ def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], r
             skipped["judged queries absent from the queries file"] += 1
             continue
         positives = [d for d, grade in judged.items() if grade >= min_relevance and d not in empty]
-        ranked = [d for d, _ in run.get(qid, [])[:depth] if d not in empty]
+        ranked = [d for d, _ in run.get(qid, [])[negatives_from - 1:depth] if d not in empty]
         chosen = [d for d in ranked if judged.get(d, 0) < 1][:negatives]
+        if random_negatives is not None and positives:
+            relevant = [d for d, grade in judged.items() if grade >= 1]
+            chosen += random_negatives.draw(qid, exclude=[*relevant, *chosen, *empty])
         if not positives:
             skipped[f"queries with no judgment of grade >= {min_relevance}"] += 1
         elif not chosen:
-            skipped[f"queries with no unjudged-relevant document in the run's top {depth}"] += 1
+            ranks = f"top {depth}" if negatives_from == 1 else f"ranks {negatives_from}-{depth}"
+            skipped[f"queries with no unjudged-relevant document in the run's {ranks}"] += 1
         else:
             groups.append((qid, positives, chosen))
     unjudged = sum(1 for qid in run if qid not in qrels)
@@ -141,13 +170,30 @@ def training_groups(queries: dict[str, str], qrels: dict[str, dict[str, int]], r
     return groups, skipped
 
 
+def group_scores(args: TrainArguments, groups, queries: dict[str, str], corpus) -> dict[tuple[str, str], float]:
+    """{(qid, doc id): the teacher's score} for every passage of every group."""
+    from .teacher import teacher_scores
+
+    keys = [(qid, d) for qid, positives, chosen in groups for d in (*positives, *chosen)]
+    pairs = [(queries[qid], passage_text(*corpus[d])) for qid, d in keys]
+    print(f"scoring {len(pairs)} pairs with the teacher {args.teacher}")
+    return dict(zip(keys, teacher_scores(args.teacher, pairs, args.teacher_batch_size, args.teacher_max_len,
+                                         args.teacher_precision)))
+
+
 def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
+    if args.teacher:
+        from ..inference.rerank import require_model_dir
+
+        require_model_dir(args.teacher)
     corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
     qrels, run = read_qrels(args.qrels), read_run_announced(args.run, args.run_format)
     check_documents_known(args.qrels, qrels, corpus, args.corpus)
     check_documents_known(args.run, run, corpus, args.corpus)
     empty = frozenset(empty_documents(corpus))
-    groups, skipped = training_groups(queries, qrels, run, args.depth, args.negatives, args.min_relevance, empty)
+    sampler = RandomNegatives(corpus, args.random_negatives, args.seed) if args.random_negatives else None
+    groups, skipped = training_groups(queries, qrels, run, args.depth, args.negatives, args.min_relevance, empty,
+                                      args.negatives_from, sampler)
     if empty:
         print(f"left out of every group: {len(empty)} documents with neither title nor text")
     report_skipped(skipped, "queries")
@@ -156,11 +202,15 @@ def prepare_train(args: TrainArguments, tokenization: Tokenization) -> int:
     used_docs = {d for _, pos, neg in groups for d in (*pos, *neg)}
     q_out = text_table({qid: queries[qid] for qid, _, _ in groups}, tokenization)
     p_out = text_table({d: passage_text(*corpus[d]) for d in sorted(used_docs)}, tokenization)
+    scores = group_scores(args, groups, queries, corpus) if args.teacher else {}
+
+    def passages(qid: str, docs: list[str]) -> list[dict]:
+        return [{"pid": d, "passage": p_out[d], **({"score": scores[qid, d]} if scores else {})} for d in docs]
+
     with atomic_file(args.output, "w", encoding="utf-8") as f:
         for qid, positives, chosen in groups:
             f.write(json.dumps({"qry": {"qid": qid, "query": q_out[qid]},
-                                "pos": [{"pid": d, "passage": p_out[d]} for d in positives],
-                                "neg": [{"pid": d, "passage": p_out[d]} for d in chosen]}) + "\n")
+                                "pos": passages(qid, positives), "neg": passages(qid, chosen)}) + "\n")
     mean_neg = sum(len(n) for _, _, n in groups) / len(groups)
     print(f"wrote {len(groups)} training groups ({mean_neg:.1f} negatives on average) -> {args.output}")
     return 0

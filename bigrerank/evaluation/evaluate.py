@@ -17,7 +17,9 @@ import ir_measures
 from ..atomic import atomic_file
 from ..command_line import CommandParser
 from ..data.collection import RUN_FORMATS, read_qrels, read_run_announced
+from ..errors import InputError
 from ..outputs import check_output
+from .compare import TESTS, compare, format_comparison
 
 DEFAULT_METRICS = ("RR@10", "nDCG@10", "R@100", "AP")
 
@@ -95,12 +97,47 @@ def format_table(results: dict[str, float]) -> str:
 @dataclass
 class EvalArguments:
     qrels: str = field(metadata={"help": "relevance judgments: TREC (qid 0 docid grade) or BEIR tsv with header"})
-    run: str = field(metadata={"help": "run: TREC, MS MARCO (qid pid rank) or score file (qid pid score)"})
+    run: str | None = field(default=None, metadata={
+        "help": "run: TREC, MS MARCO (qid pid rank) or score file (qid pid score)"})
     output: str | None = field(default=None, metadata={"help": "also write the metrics as JSON {name: value}"})
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS), metadata={
         "help": "ir_measures names, e.g. RR@10 nDCG@10 R@100 AP P@5 'nDCG(judged_only=True)@10'"})
     run_format: str = field(default="auto", metadata={
         "help": "run file format (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
+    compare: list[str] | None = field(default=None, metadata={
+        "help": "instead of --run: two runs A B; prints each metric for both, B - A and whether the difference is "
+                "significant (paired over the judged queries)"})
+    test: str = field(default="student", metadata={"help": "--compare's paired test: student (t-test) or bootstrap",
+                                                   "choices": tuple(TESTS)})
+    max_p: float = field(default=0.05, metadata={"help": "--compare: significant when p <= max_p"})
+
+
+def write_json(path, data) -> None:
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def compare_runs(args: EvalArguments) -> int:
+    """`--compare A B`: both runs' metrics, the difference B - A and a paired test over the judged queries."""
+    if args.run is not None:
+        raise InputError("--run", "give --run or --compare, not both")
+    if len(args.compare) != 2:
+        raise InputError("--compare", f"takes two runs, got {len(args.compare)}")
+    if not 0 < args.max_p < 1:
+        raise InputError("--max_p", f"must lie between 0 and 1, got {args.max_p}")
+    if args.output is not None:
+        check_output(args.output, [args.qrels, *args.compare])
+    qrels = read_qrels(args.qrels)
+    runs = [read_run_announced(path, args.run_format) for path in args.compare]
+    results = compare(*(per_query(qrels, run, args.metrics) for run in runs), test=args.test, max_p=args.max_p)
+    print(format_comparison(results, *args.compare, args.test, args.max_p))
+    for path, run in zip(args.compare, runs):
+        print(f"{path}: {coverage(qrels, run).describe()}", file=sys.stderr)
+    if args.output is not None:
+        write_json(args.output, {"a": args.compare[0], "b": args.compare[1], "test": args.test, "max_p": args.max_p,
+                                 "metrics": {r.metric: r.as_json() for r in results}})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         parse_metrics(args.metrics)
     except ValueError as e:
         parser.error(str(e))
+    if args.compare is not None:
+        return compare_runs(args)
+    if args.run is None:
+        raise InputError("--run", "required (or --compare RUN_A RUN_B)")
     if args.output is not None:
         check_output(args.output, [args.qrels, args.run])
     qrels, run = read_qrels(args.qrels), read_run_announced(args.run, args.run_format)
@@ -117,7 +158,5 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     print(coverage(qrels, run).describe(), file=sys.stderr)
     if args.output is not None:
-        with atomic_file(args.output, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        write_json(args.output, results)
     return 0

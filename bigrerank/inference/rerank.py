@@ -139,17 +139,28 @@ def scoring_max_len(args: RerankArguments) -> int | None:
     return args.max_len
 
 
-def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
-    model_dir = Path(args.model)
+def require_model_dir(model_dir) -> Path:
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
+    return model_dir
+
+
+def open_reranker(model_dir, **options) -> RerankerForInference:
+    """`RerankerForInference.from_pretrained(model_dir, **options)`; a directory it cannot use is an InputError."""
+    model_dir = require_model_dir(model_dir)
     try:
-        return RerankerForInference.from_pretrained(model_dir, max_len=scoring_max_len(args), device=device,
-                                                    precision=precision(args), torch_compile=args.torch_compile,
-                                                    score_head=args.score_head, template=args.template,
-                                                    instruction=args.instruction)
+        return RerankerForInference.from_pretrained(model_dir, **options)
     except InputError:
         raise
     except ValueError as e:
         raise InputError(model_dir, str(e)) from None
+
+
+def load_reranker(args: RerankArguments, device: torch.device) -> RerankerForInference:
+    return open_reranker(args.model, max_len=scoring_max_len(args), device=device, precision=precision(args),
+                         torch_compile=args.torch_compile, score_head=args.score_head, template=args.template,
+                         instruction=args.instruction)
 
 
 def read_candidates(args: RerankArguments, vocab_size: int) -> list[Candidate]:

@@ -1,0 +1,311 @@
+"""`bigrerank fuse`: combine runs (e.g. BM25's and a reranker's) into one TREC run with ranx's fusion methods.
+
+Fusion and weight optimisation are ranx's (`ranx.fuse`, `ranx.optimize_fusion`); this module reads and checks
+the runs, keeps the learned parameters in a JSON file beside the output (method, normalisation, parameters and
+the run names they were learned for), and applies such a file unchanged to another split's runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..atomic import atomic_file
+from ..data.collection import read_qrels, read_run
+from ..errors import InputError
+from .convert import run_lines
+
+# ranx method names, by the hyperparameters they take
+WEIGHTED = ("wsum", "wmnz", "mixed", "w_bordafuse", "w_condorcet")          # one weight per run
+SCALAR = {"rrf": ("k", 60), "logn_isr": ("sigma", 0.01), "rbc": ("phi", None), "gmnz": ("gamma", None)}
+PLAIN = ("sum", "mnz", "anz", "max", "min", "med", "isr", "log_isr", "bordafuse", "condorcet")
+METHODS = (*WEIGHTED, *SCALAR, *PLAIN)
+NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "none")
+Run = dict[str, list[tuple[str, float]]]
+
+
+@dataclass
+class FuseArguments:
+    runs: list[str] = field(metadata={"help": "two or more runs (TREC, MS MARCO or score files) over the same queries"})
+    output: str = field(metadata={"help": "fused TREC run to write"})
+    method: str | None = field(default=None, metadata={
+        "help": "ranx fusion method (default: the --weights file's, else wsum)", "choices": METHODS})
+    norm: str | None = field(default=None, metadata={
+        "help": "ranx score normalisation before fusing (default: the --weights file's, else min-max)",
+        "choices": NORMS})
+    weights: list[str] | None = field(default=None, metadata={
+        "aliases": ["--params"],
+        "help": "a JSON file written by --optimize_on, or values: one weight per run (wsum, wmnz, mixed, "
+                "w_bordafuse, w_condorcet) or the one parameter of rrf (k), logn_isr (sigma), rbc (phi), gmnz (gamma)"})
+    optimize_on: str | None = field(default=None, metadata={
+        "help": "qrels to learn the method's parameters on (ranx grid search); saved to <output>.fusion.json"})
+    metric: str = field(default="ndcg@10", metadata={"help": "ranx metric --optimize_on maximises, e.g. ndcg@10, mrr@10"})
+    run_name: str = field(default="fused", metadata={"help": "TREC run tag (last column)"})
+
+
+@dataclass(frozen=True)
+class Fusion:
+    method: str
+    norm: str
+    params: dict
+
+    def ranx_norm(self) -> str | None:
+        return None if self.norm == "none" else self.norm
+
+
+def params_path(output) -> Path:
+    """`fused.trec` -> `fused.fusion.json`: where learned parameters are saved."""
+    return Path(output).with_suffix(".fusion.json")
+
+
+def check_metric(metric: str) -> None:
+    """ValueError unless `metric` is a ranx metric name, optionally with a positive cut-off (`ndcg@10`)."""
+    from ranx.metrics import metric_switch
+
+    name, _, cutoff = metric.partition("@")
+    metric_switch(name)
+    if cutoff and not (cutoff.isdigit() and int(cutoff) > 0):
+        raise ValueError(f"the cut-off of '{metric}' must be a positive integer")
+
+
+def weights_file(args: FuseArguments) -> str | None:
+    """The --weights argument when it names a file (one value that is not a number), else None."""
+    if not args.weights or len(args.weights) != 1:
+        return None
+    try:
+        float(args.weights[0])
+    except ValueError:
+        return args.weights[0]
+    return None
+
+
+def check_paths(args: FuseArguments) -> None:
+    """InputError for too few or repeated runs, an unknown metric, or an output (or the parameter file it
+    brings) over an input."""
+    try:
+        check_metric(args.metric)
+    except ValueError as e:
+        raise InputError("--metric", str(e)) from None
+    if len(args.runs) < 2:
+        raise InputError("--runs", f"needs at least two runs to fuse, got {len(args.runs)}")
+    repeated = sorted({p for p in args.runs if args.runs.count(p) > 1})
+    if repeated:
+        raise InputError(repeated[0], "given twice in --runs")
+    if args.weights and args.optimize_on:
+        raise InputError("--optimize_on", "learns the parameters: give it or --weights, not both")
+    inputs = [*args.runs, *filter(None, (weights_file(args), args.optimize_on))]
+    resolved = {Path(p).resolve(): p for p in inputs}
+    written = [args.output] + ([str(params_path(args.output))] if args.optimize_on else [])
+    for out in written:
+        if Path(out).resolve() in resolved:
+            raise InputError(out, f"the output would overwrite the input {resolved[Path(out).resolve()]}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def params_problem(method: str, params: dict, runs: int) -> str | None:
+    """Why `params` do not fit `method` and the number of runs, or None."""
+    if method in WEIGHTED:
+        weights = params.get("weights")
+        if not isinstance(weights, list) or not all(map(_is_number, weights)):
+            return f"--method {method} needs a list of weights"
+        if len(weights) != runs:
+            return f"--method {method} needs one weight per run: {runs} runs, {len(weights)} weights"
+    elif method in SCALAR:
+        name = SCALAR[method][0]
+        value = params.get(name)
+        if not _is_number(value):
+            return f"--method {method} takes one value ({name})"
+        if name == "k" and not (float(value).is_integer() and value >= 1):
+            return f"rrf's k must be a positive integer, got {value}"
+    elif params:
+        return f"--method {method} takes no parameters"
+    return None
+
+
+def params_from_values(values: list[str], method: str, runs: int) -> dict:
+    """Parameters from command-line values: one weight per run, or the method's single parameter."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise InputError("--weights", "takes a JSON file written by --optimize_on, or numbers") from None
+    if method in SCALAR:
+        name = SCALAR[method][0]
+        params = {name: (int(numbers[0]) if name == "k" and numbers[0].is_integer() else numbers[0])
+                  if len(numbers) == 1 else numbers}
+    else:
+        params = {"weights": numbers}
+    problem = params_problem(method, params, runs)
+    if problem:
+        raise InputError("--weights", problem)
+    return params
+
+
+def read_fusion_file(path, runs: int) -> tuple[Fusion, list[str]]:
+    """The fusion a --optimize_on run saved, checked against the number of runs, and the run names it names."""
+    if not Path(path).is_file():
+        raise InputError(path, "no such file (--weights takes a JSON file written by --optimize_on, or numbers)")
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a JSON fusion file ({e})") from None
+    if not isinstance(saved, dict):
+        raise InputError(path, "expected a JSON object")
+    for key in ("method", "norm", "params", "runs"):
+        if key not in saved:
+            raise InputError(path, "missing", field=key)
+    if saved["method"] not in METHODS:
+        raise InputError(path, f"unknown method {saved['method']!r}", field="method")
+    if saved["norm"] not in NORMS:
+        raise InputError(path, f"unknown normalisation {saved['norm']!r}", field="norm")
+    names = saved["runs"]
+    if not isinstance(names, list) or len(names) != runs:
+        raise InputError(path, f"learned for {len(names) if isinstance(names, list) else '?'} runs, "
+                               f"--runs gives {runs}", field="runs")
+    params = saved["params"]
+    if not isinstance(params, dict):
+        raise InputError(path, "expected an object", field="params")
+    problem = params_problem(saved["method"], params, runs)
+    if problem:
+        raise InputError(path, problem, field="params")
+    return Fusion(saved["method"], saved["norm"], params), names
+
+
+def chosen_fusion(args: FuseArguments) -> Fusion:
+    """The fusion the arguments ask for (parameters still to learn when --optimize_on is given)."""
+    runs, path = len(args.runs), weights_file(args)
+    if path is not None:
+        saved, names = read_fusion_file(path, runs)
+        for option, value in (("method", args.method), ("norm", args.norm)):
+            if value is not None and value != getattr(saved, option):
+                raise InputError(path, f"learned for --{option} {getattr(saved, option)}, not {value}", field=option)
+        describe_params(saved, args.runs, learned_for=names)
+        return saved
+    method, norm = args.method or "wsum", args.norm or "min-max"
+    if args.weights:
+        return Fusion(method, norm, params_from_values(args.weights, method, runs))
+    if args.optimize_on:
+        if method in PLAIN:
+            raise InputError("--optimize_on", f"--method {method} has no parameters to optimise")
+        return Fusion(method, norm, {})
+    if method in WEIGHTED or (method in SCALAR and SCALAR[method][1] is None):
+        raise InputError("--method", f"{method} needs --weights (values or a file) or --optimize_on QRELS")
+    return Fusion(method, norm, {SCALAR[method][0]: SCALAR[method][1]} if method in SCALAR else {})
+
+
+def describe_params(fusion: Fusion, paths: list[str], learned_for: list[str] | None = None) -> None:
+    """Print the parameters, each weight beside the run it applies to (and the run it was learned for)."""
+    if "weights" not in fusion.params:
+        print(f"{fusion.method} parameters: {json.dumps(fusion.params)}")
+        return
+    for i, (weight, path) in enumerate(zip(fusion.params["weights"], paths)):
+        origin = f" (learned for {learned_for[i]})" if learned_for else ""
+        print(f"{fusion.method} weight {weight:g} -> {path}{origin}")
+
+
+def read_runs(paths: list[str]) -> list[Run]:
+    """The runs, which must rank the same queries (ranx fuses query by query)."""
+    runs = [read_run(p) for p in paths]
+    for path, run in zip(paths[1:], runs[1:]):
+        for missing, holder, lacking in ((runs[0].keys() - run.keys(), paths[0], path),
+                                         (run.keys() - runs[0].keys(), path, paths[0])):
+            if missing:
+                raise InputError(lacking, f"ranks no documents for query '{min(missing)}' of {holder} "
+                                          f"({len(missing)} such queries): fused runs must cover the same queries")
+    return runs
+
+
+@contextlib.contextmanager
+def quiet_numba():
+    """ranx's compiled kernels warn about an integer cast at every first call: noise for our users."""
+    from numba.core.errors import NumbaTypeSafetyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        yield
+
+
+def _ranx_runs(runs: list[Run], names: list[str], queries=None):
+    from ranx import Run as RanxRun
+
+    return [RanxRun.from_dict({q: dict(docs) for q, docs in run.items() if queries is None or q in queries}, name=name)
+            for run, name in zip(runs, names)]
+
+
+def optimize(fusion: Fusion, runs: list[Run], names: list[str], qrels_path: str, metric: str) -> Fusion:
+    """`fusion` with its parameters learned by ranx's grid search on the judged queries the runs rank."""
+    from ranx import Qrels, optimize_fusion
+
+    qrels = read_qrels(qrels_path)
+    queries = sorted(qrels.keys() & runs[0].keys())
+    if not queries:
+        raise InputError(qrels_path, "no judged query is ranked by the runs: nothing to optimise on")
+    print(f"optimising {fusion.method} for {metric} on {len(queries)} judged queries of {qrels_path}", file=sys.stderr)
+    with quiet_numba():
+        params = optimize_fusion(Qrels.from_dict({q: qrels[q] for q in queries}), _ranx_runs(runs, names, set(queries)),
+                                 norm=fusion.ranx_norm(), method=fusion.method, metric=metric, show_progress=False)
+    return Fusion(fusion.method, fusion.norm, _plain(params))
+
+
+def _plain(params: dict) -> dict:
+    """ranx's parameters as JSON values (its weights come back as tuples, some numbers as numpy scalars)."""
+    return {k: [float(x) for x in v] if isinstance(v, (list, tuple)) else v.item() if hasattr(v, "item") else v
+            for k, v in params.items()}
+
+
+def fuse(fusion: Fusion, runs: list[Run], names: list[str]) -> Run:
+    """The fused run {qid: [(doc id, score), …]}: ranx's fusion, ranked by score, equal scores by document id."""
+    from ranx import fuse as ranx_fuse
+
+    with quiet_numba():
+        fused = ranx_fuse(_ranx_runs(runs, names), norm=fusion.ranx_norm(), method=fusion.method,
+                          params=fusion.params).to_dict()
+    return {qid: sorted(((d, float(s)) for d, s in fused[qid].items()), key=lambda item: (-item[1], item[0]))
+            for qid in runs[0]}
+
+
+def save_fusion(path, fusion: Fusion, names: list[str], qrels: str, metric: str) -> None:
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump({"method": fusion.method, "norm": fusion.norm, "params": fusion.params, "runs": names,
+                   "optimized_on": qrels, "metric": metric}, f, indent=2)
+        f.write("\n")
+
+
+def parse_arguments(argv: list[str] | None) -> FuseArguments:
+    parser = HfArgumentParser(FuseArguments)
+    parser.prog = "bigrerank fuse"
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if not args.run_name or len(args.run_name.split()) != 1 or args.run_name != args.run_name.strip():
+        parser.error(f"--run_name must be one word without whitespace, got {args.run_name!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    check_paths(args)
+    fusion = chosen_fusion(args)
+    runs, names = read_runs(args.runs), [Path(p).name for p in args.runs]
+    if args.optimize_on:
+        fusion = optimize(fusion, runs, names, args.optimize_on, args.metric)
+        save_fusion(params_path(args.output), fusion, names, args.optimize_on, args.metric)
+        describe_params(fusion, args.runs)
+        print(f"saved the learned parameters -> {params_path(args.output)}")
+    fused = fuse(fusion, runs, names)
+    with atomic_file(args.output, "w", encoding="utf-8") as f:
+        f.writelines(run_lines(fused, "trec", args.run_name))
+    print(f"bigrerank fuse: {fusion.method} ({fusion.norm} normalised) of {len(runs)} runs, {len(fused)} queries "
+          f"-> {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
