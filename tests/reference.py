@@ -1,5 +1,5 @@
 """An independent plain-PyTorch reference (LCE or another group loss): one process, full groups, torch AdamW,
-no DeepSpeed engine."""
+no DeepSpeed engine; LoRA through peft directly, with the targets the test names."""
 from __future__ import annotations
 
 import torch
@@ -15,12 +15,20 @@ from bigrerank.training.trainer import param_groups
 
 def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int, accum: int, group_size: int,
                     lr: float, seed: int = 42, max_len: int = 32, clip: float = 1.0, eps: float = 1e-8,
-                    loss: str = "lce", optimizer: str = "adamw") -> tuple[dict, list[dict]]:
+                    loss: str = "lce", optimizer: str = "adamw", lora: dict | None = None) -> tuple[dict, list[dict]]:
     """Weights after `steps` optimizer steps of plain full-group training on the trainer's query order,
-    and each step's gradients (before clipping)."""
+    and each step's gradients (before clipping) of the trained parameters.
+
+    lora: peft LoraConfig arguments (r, lora_alpha, target_modules); the adapters are drawn right after
+    seeding with `seed`, and the returned weights are the adapters merged into the base."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
     model = load_reranker(str(model_dir))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", lora_dropout=0.0, **lora))
     dataset = load_groups(train_path, len(tokenizer), group_size)
     sampler = GroupSampler(dataset, group_size, seed)
     encoder = PairEncoder(tokenizer, max_len)
@@ -44,11 +52,13 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
                 pairs.extend(encoder.encode_ids(q_ids, p) for p in p_ids)
             scores = model(**encoder.collate(pairs)).logits.view(len(groups), group_size)
             (group_loss(loss, 1.0, teacher)(scores) / accum).backward()
-        gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+    if lora:
+        model = model.merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, gradients
 
 

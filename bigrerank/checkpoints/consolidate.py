@@ -4,6 +4,8 @@ Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`:
 weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole weights and are read
 directly. The directory (config.json with num_labels=1, model.safetensors — sharded when large —,
 tokenizer files, README.md model card) is built in a temporary folder and moved into place complete.
+A LoRA checkpoint is exported merged into its base, or with `adapter_only` as the peft adapter (adapter_config.json
+naming the base, adapter_model.safetensors with the adapters and the trained head).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
 
+from .. import lora
 from ..atomic import temp_dir_beside
 from ..errors import InputError
 from .store import MANIFEST, incomplete_reason
@@ -77,12 +80,24 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
         raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
+    return _build_dir(out_dir, tokenizer, info, model_card(config, info), lambda tmp: model.save_pretrained(
+        tmp, state_dict={k: v for k, v in state_dict.items() if k in expected}, max_shard_size=max_shard_size))
+
+
+def write_adapter_dir(peft_model, tokenizer, out_dir, info: dict) -> Path:
+    """Write the peft adapter (its config naming the base model) with the trained head, and the tokenizer."""
+    peft_model.peft_config["default"].base_model_name_or_path = info.get("base_model")
+    return _build_dir(Path(out_dir), tokenizer, info, None, peft_model.save_pretrained)
+
+
+def _build_dir(out_dir: Path, tokenizer, info: dict, card: str | None, save_weights) -> Path:
+    """Fill a temporary folder (`save_weights(folder)`, tokenizer, model card, training info), then put it in place."""
     tmp = temp_dir_beside(out_dir)
     try:
-        model.save_pretrained(tmp, state_dict={k: v for k, v in state_dict.items() if k in expected},
-                              max_shard_size=max_shard_size)
+        save_weights(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(config, info))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
         (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=1, default=str))
         _place(tmp, out_dir)
     finally:
@@ -95,7 +110,7 @@ def _place(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    for stale in out_dir.glob("model*.safetensors*"):
+    for stale in [*out_dir.glob("model*.safetensors*"), *out_dir.glob("adapter_model*.safetensors")]:
         stale.unlink()
     files = sorted(tmp.iterdir(), key=lambda p: p.name == "config.json")
     for item in files:
@@ -105,15 +120,20 @@ def _place(tmp: Path, out_dir: Path) -> None:
         os.replace(item, target)
 
 
-def consolidate(checkpoint, out_dir, tag: str | None = None) -> Path:
+def consolidate(checkpoint, out_dir, tag: str | None = None, adapter_only: bool = False) -> Path:
     root, tag = locate(checkpoint, tag)
     hf_dir = root / tag / "hf"
+    if adapter_only and not lora.is_lora(hf_dir):
+        raise InputError(root / tag, "--adapter_only: this checkpoint was not trained with LoRA (--lora_r)")
     config = AutoConfig.from_pretrained(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
-    return write_model_dir(fp32_state_dict(root, tag), config, tokenizer, out_dir, info)
+    weights = fp32_state_dict(root, tag)
+    if adapter_only:
+        return write_adapter_dir(lora.trained_peft_model(config, hf_dir, weights), tokenizer, out_dir, info)
+    return write_model_dir(lora.export_state(config, hf_dir, weights), config, tokenizer, out_dir, info)
 
 
 @dataclass
@@ -121,13 +141,14 @@ class ConsolidateArguments:
     checkpoint: str
     out_dir: str
     tag: str | None = None
+    adapter_only: bool = False  # LoRA: the peft adapter and head instead of the merged model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(ConsolidateArguments)
     parser.description = "Turn a DeepSpeed checkpoint into a Hugging Face reranker directory."
     args, = parser.parse_args_into_dataclasses(args=_positional(argv))
-    out = consolidate(args.checkpoint, args.out_dir, args.tag)
+    out = consolidate(args.checkpoint, args.out_dir, args.tag, args.adapter_only)
     print(f"wrote {out}")
     return 0
 

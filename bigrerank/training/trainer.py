@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import losses
+from .. import lora, losses
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
@@ -83,7 +83,8 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
-    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std)
+    model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std), model_args,
+                         args.gradient_checkpointing, args.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
     skip_non_finite.guard(engine)
@@ -137,6 +138,7 @@ def train(model_args, data_args, args, on_reduced=None):
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
+    lora.check_targets(model_args, model_config)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
@@ -160,7 +162,8 @@ def train(model_args, data_args, args, on_reduced=None):
     info = {"base_model": model_args.model_name_or_path, "loss": args.loss, "train_group_size": data_args.train_group_size,
             "max_len": data_args.max_len, "learning_rate": args.learning_rate, "total_steps": total_steps,
             "zero_stage": ds_config.zero_stage(config), "bf16": args.bf16, "fp16": args.fp16, "world_size": world,
-            "collaborative": args.collaborative, "grad_cache_chunk_size": args.grad_cache_chunk_size}
+            "collaborative": args.collaborative, "grad_cache_chunk_size": args.grad_cache_chunk_size,
+            "lora_r": model_args.lora_r, "gradient_checkpointing": args.gradient_checkpointing}
     train_log = wandb_run = None
     if distributed.is_main():
         wandb_run = start_wandb(args, output_dir, {**asdict(args), **info}) if args.report_to == "wandb" else None
@@ -188,7 +191,8 @@ def train(model_args, data_args, args, on_reduced=None):
         def save(at_step: int) -> Path:
             client = {"step": at_step, "args": asdict(args), "data": asdict(data_args)}
             return store.save(engine, ckpt_root, at_step, client, engine.module.config, tokenizer, args.save_total_limit,
-                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1)})
+                              hf_files={TRAINING_INFO: json.dumps({**info, "step": at_step}, indent=1),
+                                        **lora.checkpoint_files(engine.module)})
 
         while step < total_steps:
             epoch, first_micro = divmod(step * accum, steps_per_epoch * accum)
@@ -256,7 +260,7 @@ def train(model_args, data_args, args, on_reduced=None):
 
         final = save(step)
         if distributed.is_main():
-            consolidate(final, output_dir)
+            consolidate(final, output_dir, adapter_only=model_args.adapter_only)
             if wandb_run is not None:
                 wandb_run.finish()
         distributed.barrier()
