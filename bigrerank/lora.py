@@ -78,7 +78,8 @@ def prepare(model, model_args, gradient_checkpointing: bool, seed: int):
         from peft import get_peft_model
 
         torch.manual_seed(seed)
-        model = get_peft_model(model, lora_config(model, model_args))
+        # adapters in the base weights' dtype: ZeRO-3 partitions (bf16 under --bf16) must share one dtype
+        model = get_peft_model(model, lora_config(model, model_args), autocast_adapter_dtype=False)
     model.train()
     return model
 

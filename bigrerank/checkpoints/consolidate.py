@@ -49,14 +49,23 @@ def fp32_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag_dir = root / tag
+    module_file = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2 (ZeRO-3 names its files per rank)
+    module = (torch.load(module_file, map_location="cpu", weights_only=False, mmap=True)["module"]
+              if module_file.is_file() else {})
+    full = {}
     if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
         try:
-            return get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+            full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         except ValueError as e:
             if "is not a zero checkpoint" not in str(e):
                 raise
-    module = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in module.items()}
+    # ZeRO-0 holds every weight in the module file; ZeRO-1 leaves frozen weights (LoRA's base) out of its
+    # partitions, whole in the module file too
+    for name, tensor in module.items():
+        if name not in full:
+            full[name] = tensor
+    # frozen weights come in their training dtype: fp32 too, so LoRA merges into them without bf16 rounding
+    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in full.items()}
 
 
 def model_card(config, info: dict) -> str:
