@@ -13,8 +13,8 @@ token-id groups whose pairs fill max_len.
 checkpointing, group 16, collaborative, gradient cache chunk 4, max_len 128, 1 query a step. Reported: peak RSS
 per rank (during the steps, and overall including the rank-0 export), s/step and tokens/s (steps 2..N), the
 consolidated export's scores next to the live engine's (the export loads with AutoModelForSequenceClassification),
-and for (a) a plain PyTorch loop of the same model and step (fp32 weights, bf16 autocast, checkpointing, the same gradient-cache
-step by hand, torch AdamW, one process with as many threads as the ranks have): tokens/s ratio (target >= 0.9) and
+and for (a) a plain PyTorch loop of the same model and step (fp32 weights, bf16 autocast, checkpointing, the
+same gradient-cache step by hand, torch AdamW, one process with as many threads as the ranks have): tokens/s ratio (target >= 0.9) and
 MFU = (6 x non-embedding parameters + 12 x layers x attention width x sequence length) x tokens/s / peak, the peak
 being a bf16 torch.matmul on the same threads.
 """

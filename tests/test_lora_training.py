@@ -183,7 +183,7 @@ def test_bad_lora_flags_stop_before_training(tmp_path, capsys, flags, expected):
     model, train = tiny_model_dir(tmp_path / "m"), write_groups(tmp_path / "g.jsonl", queries=8)
     assert cli.main(["train", *_argv(model, train, tmp_path / "out", "zero2", "--max_steps", "1"), *flags]) == 2
     err = capsys.readouterr().err
-    assert f"bigrerank train: error: " in err and expected in err, err
+    assert "bigrerank train: error: " in err and expected in err, err
     assert not torch.distributed.is_initialized() and not (tmp_path / "out").exists()
 
 
