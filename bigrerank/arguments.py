@@ -24,9 +24,27 @@ class ModelArguments:
                 "default: the model's bigrerank_scoring.json, else classifier, or yes_no for a causal-LM checkpoint"})
     keep_causal_lm: bool = field(default=False, metadata={
         "help": "Export a yes_no model as the causal LM (default: as a sequence classifier of the same architecture)"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 = full fine-tuning."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={
+        "help": "Module names (or dotted suffixes) that get adapters; default: every linear projection of the "
+                "attention and MLP blocks."})
+    adapter_only: bool = field(default=False, metadata={
+        "help": "LoRA: export the peft adapter (with the trained head) instead of the merged model."})
 
     def __post_init__(self):
+        from .errors import InputError
+
         at_least(self, ["head_init_std"], 0.0, inclusive=False)
+        if self.lora_r < 0:
+            raise InputError("--lora_r", f"must be >= 0, got {self.lora_r}")
+        if self.lora_r and self.lora_alpha <= 0:
+            raise InputError("--lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InputError("--lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if self.adapter_only and not self.lora_r:
+            raise InputError("--adapter_only", "needs --lora_r > 0 (a full fine-tune has no adapter)")
 
 
 @dataclass
@@ -87,6 +105,8 @@ class TrainingArguments:
         default=0, metadata={"help": "Score pairs in no-grad chunks of this size, then replay (0 = off)."})
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "Stop after this many optimizer steps in a row with non-finite loss or grads."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute each block's activations in the backward (non-reentrant) instead of keeping them."})
     ddp_timeout: int = field(
         default=1800, metadata={"help": "Seconds a collective may wait before the ranks give up (a dead peer)."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher."})

@@ -16,7 +16,8 @@ from bigrerank.distributed import free_port
 def _full_gradients(engine) -> dict:
     from deepspeed.utils import safe_get_full_grad
 
-    return {name: safe_get_full_grad(p).detach().float().cpu() for name, p in engine.module.named_parameters()}
+    return {name: safe_get_full_grad(p).detach().float().cpu() for name, p in engine.module.named_parameters()
+            if p.requires_grad}
 
 
 def gradient_recorder(directory: str, extra=None):

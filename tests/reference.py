@@ -1,8 +1,9 @@
 """An independent plain-PyTorch reference (LCE or another group loss): one process, full groups, torch AdamW,
-no DeepSpeed engine."""
+no DeepSpeed engine; LoRA through peft directly, with the targets the test names."""
 from __future__ import annotations
 
 import functools
+import json
 
 import torch
 from deepspeed.runtime.lr_schedules import WarmupDecayLR
@@ -15,20 +16,32 @@ from bigrerank.model import load_reranker
 from bigrerank.training.trainer import param_groups
 
 
-@functools.cache  # the proofs share their references: computed once per arguments, never modified by a caller
-def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int, accum: int, group_size: int,
-                    lr: float, seed: int = 42, max_len: int = 32, clip: float = 1.0, eps: float = 1e-8,
-                    loss: str = "lce", optimizer: str = "adamw", model=None, encoder=None,
-                    score=None) -> tuple[dict, list[dict]]:
+def reference_state(model_dir, train_path, *, lora: dict | None = None, **kwargs) -> tuple[dict, list[dict]]:
     """Weights after `steps` optimizer steps of plain full-group training on the trainer's query order,
-    and each step's gradients (before clipping).
+    and each step's gradients (before clipping) of the trained parameters.
 
-    `model`, `encoder` and `score(model, batch) -> (pairs,)` replace the encoder reranker, its pair encoder and
-    its logits (decoder references)."""
+    lora: peft LoraConfig arguments (r, lora_alpha, target_modules); the adapters are drawn right after
+    seeding with `seed`, and the returned weights are the adapters merged into the base. Other keywords: those
+    of `_reference_state`."""
+    return _reference_state(model_dir, train_path, lora=json.dumps(lora, sort_keys=True) if lora else None, **kwargs)
+
+
+@functools.cache  # the proofs share their references: computed once per arguments, never modified by a caller
+def _reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int, accum: int, group_size: int,
+                     lr: float, seed: int = 42, max_len: int = 32, clip: float = 1.0, eps: float = 1e-8,
+                     loss: str = "lce", optimizer: str = "adamw", lora: str | None = None, model=None, encoder=None,
+                     score=None) -> tuple[dict, list[dict]]:
+    """`model`, `encoder` and `score(model, batch) -> (pairs,)` replace the encoder reranker, its pair encoder and
+    its logits (decoder references); `lora` is the LoraConfig arguments as JSON (hashable, for the cache)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
     model = model if model is not None else load_reranker(str(model_dir))
     score = score or (lambda net, batch: net(**batch).logits)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", lora_dropout=0.0, **json.loads(lora)))
     dataset = load_groups(train_path, len(tokenizer), group_size)
     sampler = GroupSampler(dataset, group_size, seed)
     encoder = encoder or PairEncoder(tokenizer, max_len)
@@ -52,11 +65,13 @@ def reference_state(model_dir, train_path, *, steps: int, queries_per_micro: int
                 pairs.extend(encoder.encode_ids(q_ids, p) for p in p_ids)
             scores = score(model, encoder.collate(pairs)).view(len(groups), group_size)
             (LOSSES[loss].fn(scores, teacher=teacher) / accum).backward()
-        gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+    if lora:
+        model = model.merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, gradients
 
 

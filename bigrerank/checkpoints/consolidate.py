@@ -5,6 +5,8 @@ weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole wei
 directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
 directory (config.json with num_labels=1, model.safetensors — sharded when large —, tokenizer files,
 README.md model card) is built in a temporary folder and moved into place complete.
+A LoRA checkpoint is exported merged into its base, or with `adapter_only` as the peft adapter (adapter_config.json
+naming the base, adapter_model.safetensors with the adapters and the trained head).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from .. import lora
 from ..atomic import apply_umask, temp_dir_beside
 from ..command_line import CommandParser
 from ..errors import InputError
@@ -69,17 +72,26 @@ def fp32_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag_dir = root / tag
-    if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
+    module_file = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2 (ZeRO-3 names its files per rank)
+    states = (torch.load(module_file, map_location="cpu", weights_only=False, mmap=True)
+              if module_file.is_file() else {})
+    full, partitioned = {}, any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))
+    if partitioned:
         try:
-            return get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+            full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         except ValueError as e:
             if "is not a zero checkpoint" not in str(e):
                 raise
-    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    weights = {name: tensor.float() if tensor.is_floating_point() else tensor
-               for name, tensor in states["module"].items()}
-    group_names = read_manifest(tag_dir).get("master_weight_groups")
-    weights.update(_master_weights(states.get("optimizer"), group_names, weights))
+            partitioned = False
+    # ZeRO-0 holds every weight in the module file; ZeRO-1 leaves frozen weights (LoRA's base) out of its
+    # partitions, whole in the module file too
+    for name, tensor in states.get("module", {}).items():
+        full.setdefault(name, tensor)
+    # frozen weights come in their training dtype: fp32 too, so LoRA merges into them without bf16 rounding
+    weights = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in full.items()}
+    if not partitioned:  # ZeRO-0 in bf16/fp16: the optimizer's fp32 masters, not the module's 16-bit copies
+        group_names = read_manifest(tag_dir).get("master_weight_groups")
+        weights.update(_master_weights(states.get("optimizer"), group_names, weights))
     return weights
 
 
@@ -130,12 +142,27 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
         raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
+    return _build_dir(out_dir, tokenizer, info, model_card(config, info), lambda tmp: model.save_pretrained(
+        tmp, state_dict={k: v for k, v in state_dict.items() if k in expected}, max_shard_size=max_shard_size),
+        contract)
+
+
+def write_adapter_dir(peft_model, tokenizer, out_dir, info: dict, contract: ScoringContract | None = None) -> Path:
+    """Write the peft adapter (its config naming the base model) with the trained head, and the tokenizer."""
+    peft_model.peft_config["default"].base_model_name_or_path = info.get("base_model")
+    return _build_dir(Path(out_dir), tokenizer, info, None, peft_model.save_pretrained, contract)
+
+
+def _build_dir(out_dir: Path, tokenizer, info: dict, card: str | None, save_weights,
+               contract: ScoringContract | None = None) -> Path:
+    """Fill a temporary folder (`save_weights(folder)`, tokenizer, model card, scoring contract, training info with
+    the list of exported files), then put it in place."""
     tmp = temp_dir_beside(out_dir)
     try:
-        model.save_pretrained(tmp, state_dict={k: v for k, v in state_dict.items() if k in expected},
-                              max_shard_size=max_shard_size)
+        save_weights(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(config, info))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
         if contract is not None:
             contract.save(tmp)
         files = sorted([*(p.name for p in tmp.iterdir()), TRAINING_INFO])
@@ -152,7 +179,7 @@ def _place(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    for stale in out_dir.glob("model*.safetensors*"):
+    for stale in [*out_dir.glob("model*.safetensors*"), *out_dir.glob("adapter_model*.safetensors")]:
         stale.unlink()
     files = sorted(tmp.iterdir(), key=lambda p: p.name == "config.json")
     for item in files:
@@ -162,21 +189,26 @@ def _place(tmp: Path, out_dir: Path) -> None:
         os.replace(item, target)
 
 
-def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False) -> Path:
-    """A checkpoint as a Hugging Face directory; a `yes_no` model becomes a sequence classifier unless
-    `keep_causal_lm`."""
+def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False,
+                adapter_only: bool = False) -> Path:
+    """A checkpoint as a Hugging Face directory: LoRA merged into its base (or, with `adapter_only`, the peft
+    adapter); a `yes_no` model becomes a sequence classifier unless `keep_causal_lm`."""
     root, tag = locate(checkpoint, tag)
     hf_dir = root / tag / "hf"
+    if adapter_only and not lora.is_lora(hf_dir):
+        raise InputError(root / tag, "--adapter_only: this checkpoint was not trained with LoRA (--lora_r)")
     config = AutoConfig.from_pretrained(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
-    state_dict, contract = fp32_state_dict(root, tag), ScoringContract.read(hf_dir)
+    weights, contract = fp32_state_dict(root, tag), ScoringContract.read(hf_dir)
+    if adapter_only:
+        return write_adapter_dir(lora.trained_peft_model(config, hf_dir, weights), tokenizer, out_dir, info, contract)
+    state_dict = lora.export_state(config, hf_dir, weights)
     if contract is not None and contract.score_head == "yes_no" and not keep_causal_lm:
         state_dict, config, contract = yes_no_to_classifier(state_dict, config, contract)
     return write_model_dir(state_dict, config, tokenizer, out_dir, info, contract=contract)
-
 
 def is_export(directory: Path) -> bool:
     """Whether `directory` holds a model this project exported (its training record beside config.json)."""
@@ -208,6 +240,8 @@ class ConsolidateArguments:
     tag: str | None = field(default=None, metadata={"help": "checkpoint tag, e.g. step-500 (None: 'latest')"})
     keep_causal_lm: bool = field(default=False, metadata={
         "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
+    adapter_only: bool = field(default=False, metadata={
+        "help": "LoRA: export the peft adapter and the trained head instead of the merged model"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                            description="Turn a DeepSpeed checkpoint into a Hugging Face reranker directory.")
     (args,) = parser.parse(_positional(argv))
     check_export_dir(args.output)
-    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm)
+    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm, args.adapter_only)
     print(f"wrote {out}")
     return 0
 

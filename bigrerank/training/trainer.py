@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, losses, scoring
+from .. import distributed, lora, losses, scoring
 from ..checkpoints import store
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
@@ -59,7 +59,8 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
-    model = load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract)
+    model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract), model_args,
+                         args.gradient_checkpointing, args.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
     skip_non_finite.guard(engine)
@@ -102,6 +103,10 @@ def prepare(model_args, data_args, args) -> Run:
                                data_args.template, data_args.instruction, data_args.max_len)
     if contract.score_head == "yes_no" and model_args.head_init_std is not None:
         raise InputError("--head_init_std", "re-draws a classification head; the yes_no head has none")
+    if contract.score_head == "yes_no" and model_args.lora_r:
+        raise InputError("--lora_r", "LoRA is not built for the yes_no head yet (only for classifier heads): use "
+                                     "--score_head classifier, or a full fine-tune")
+    lora.check_targets(model_args, model_config)
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
@@ -130,7 +135,8 @@ def training_info(model_args, data_args, args, run: Run) -> dict:
             "zero_stage": ds_config.zero_stage(run.config), "bf16": args.bf16, "fp16": args.fp16,
             "world_size": run.source.shard.world, "collaborative": args.collaborative,
             "grad_cache_chunk_size": args.grad_cache_chunk_size,
-            "score_head": run.contract.score_head, "template": run.contract.template_name}
+            "score_head": run.contract.score_head, "template": run.contract.template_name,
+            "lora_r": model_args.lora_r, "gradient_checkpointing": args.gradient_checkpointing}
 
 
 class Checkpoints:
@@ -155,7 +161,8 @@ class Checkpoints:
         return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
                           self.args.save_total_limit,
                           hf_files={TRAINING_INFO: json.dumps({**self.info, "step": step}, indent=1),
-                                    scoring.CONTRACT_FILE: self.run.contract.to_json()})
+                                    scoring.CONTRACT_FILE: self.run.contract.to_json(),
+                                    **lora.checkpoint_files(engine.module)})
 
 
 class NonFiniteSteps:
@@ -235,7 +242,8 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
 
         final = checkpoints.save(step)
         if distributed.is_main():
-            consolidate(final, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm)
+            consolidate(final, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
+                        adapter_only=model_args.adapter_only)
             if train_log is not None:
                 train_log.finish()
         distributed.barrier()

@@ -1,0 +1,121 @@
+"""LoRA adapters (peft) and gradient checkpointing on the reranker's backbone, and a LoRA checkpoint's export.
+
+With `--lora_r R` the engine trains a peft model: low-rank adapters on every linear projection of the
+attention and MLP blocks (or `--lora_target_modules`), the classification head trained in full
+(`modules_to_save`), everything else frozen. Checkpoints therefore hold peft's keys
+(`base_model.model.…`, `…lora_A.default.weight`) beside the `adapter_config.json` in their `hf/` folder;
+`export_state` / `trained_peft_model` are the one place that turns such a state dict back into a plain
+Hugging Face one (adapters merged) or into the adapter itself.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _linear_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D
+
+    return torch.nn.Linear, Conv1D
+
+
+def block_projections(model: torch.nn.Module) -> list[str]:
+    """Every linear projection inside the repeated blocks (attention and MLP), named from the block on.
+
+    E.g. `self_attn.q_proj`, `mlp.down_proj` (Llama, Qwen), `attention.self.query`, `intermediate.dense`
+    (BERT): read off the model's modules, so any architecture gets all of its own; the head and poolers,
+    which sit outside the numbered blocks, are not among them.
+    """
+    names = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        block = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if block is not None and block + 1 < len(parts) and isinstance(module, _linear_types()):
+            names.add(".".join(parts[block + 1:]))
+    return sorted(names)
+
+
+def check_targets(model_args, model_config) -> None:
+    """Refuse LoRA flags that cannot work, before any process group starts (the model is built on `meta`)."""
+    if model_args.lora_r == 0:
+        if model_args.lora_target_modules:
+            raise InputError("--lora_target_modules", "needs --lora_r > 0 (0 means full fine-tuning)")
+        return
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(model_config)
+    names = [name for name, _ in model.named_modules()]
+    for target in model_args.lora_target_modules or []:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            raise InputError(model_args.model_name_or_path,
+                             f"--lora_target_modules: the model has no module '{target}' (its block projections: "
+                             f"{', '.join(block_projections(model))})")
+
+
+def lora_config(model, model_args):
+    from peft import LoraConfig
+
+    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=model_args.lora_target_modules or block_projections(model),
+                      task_type="SEQ_CLS",  # peft then trains the head (`classifier` or `score`) in full
+                      base_model_name_or_path=model_args.model_name_or_path)
+
+
+def prepare(model, model_args, gradient_checkpointing: bool, seed: int):
+    """The module the engine trains: the model itself, or its peft wrapper (adapters drawn from `seed`);
+    in training mode, with non-reentrant gradient checkpointing when asked."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if model_args.lora_r > 0:
+        from peft import get_peft_model
+
+        torch.manual_seed(seed)
+        # adapters in the base weights' dtype: ZeRO-3 partitions (bf16 under --bf16) must share one dtype
+        model = get_peft_model(model, lora_config(model, model_args), autocast_adapter_dtype=False)
+    model.train()
+    return model
+
+
+def checkpoint_files(module) -> dict[str, str]:
+    """{file name: text} a checkpoint's `hf/` folder needs to rebuild `module`: the adapter config, if any."""
+    peft_config = getattr(module, "peft_config", None)
+    if not peft_config:
+        return {}
+    return {ADAPTER_CONFIG: json.dumps(peft_config["default"].to_dict(), indent=1,
+                                       default=lambda value: sorted(value) if isinstance(value, set) else str(value))}
+
+
+def is_lora(hf_dir) -> bool:
+    return (Path(hf_dir) / ADAPTER_CONFIG).is_file()
+
+
+def trained_peft_model(config, hf_dir, state_dict: dict):
+    """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    peft_config = LoraConfig.from_pretrained(str(hf_dir))
+    with torch.device("meta"):
+        base = AutoModelForSequenceClassification.from_config(config)
+        base.name_or_path = peft_config.base_model_name_or_path  # the base it was trained from, not this folder
+        model = get_peft_model(base, peft_config)
+    model.load_state_dict(state_dict, strict=False, assign=True)
+    missing = [name for name, param in model.named_parameters() if param.is_meta]
+    if missing:
+        raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the LoRA model, e.g. {missing[:3]}")
+    return model
+
+
+def export_state(config, hf_dir, state_dict: dict) -> dict:
+    """A checkpoint's weights as a plain Hugging Face state dict: LoRA merged into the base, when trained."""
+    if not is_lora(hf_dir):
+        return state_dict
+    return trained_peft_model(config, hf_dir, state_dict).merge_and_unload().state_dict()
