@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ir_measures
+
 from ..atomic import atomic_file
 from ..command_line import CommandParser
 from ..data.collection import RUN_FORMATS, read_qrels, read_run_announced
@@ -128,6 +130,9 @@ def compare_runs(args: EvalArguments) -> int:
         raise InputError("--max_p", f"must lie between 0 and 1, got {args.max_p}")
     if args.output is not None:
         check_output(args.output, [args.qrels, *args.compare])
+    for path in args.compare:  # every input found before any is read (and its format announced)
+        if not Path(path).is_file():
+            raise InputError(path, "no such file")
     qrels = read_qrels(args.qrels)
     runs = [read_run_announced(path, args.run_format) for path in args.compare]
     results = compare(*(per_query(qrels, run, args.metrics) for run in runs), test=args.test, max_p=args.max_p)
