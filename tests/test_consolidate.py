@@ -100,15 +100,20 @@ def _train_and_save_masters(argv: list[str], masters_file: str):
                 for low, master in zip(lows, masters)}, masters_file)
 
 
+def _zero0_argv(tmp_path, *extra: str) -> list[str]:
+    """A tiny ZeRO-0 training command line into tmp_path/out (model and data written there)."""
+    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    train = write_groups(tmp_path / "g.jsonl", queries=16)
+    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(tmp_path / "out"),
+            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
+            "--per_device_train_batch_size", "2", *extra]
+
+
 def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
     from safetensors.torch import load_file
 
-    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
-    train = write_groups(tmp_path / "g.jsonl", queries=16)
     out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--max_steps", "3", "--bf16"]
+    argv = _zero0_argv(tmp_path, "--learning_rate", "1e-3", "--max_steps", "3", "--bf16")
     run_ranks(1, _train_and_save_masters, argv, str(tmp_path / "masters.pt"))
     masters = torch.load(tmp_path / "masters.pt")
     exported = load_file(str(out / "model.safetensors"))
@@ -121,12 +126,8 @@ def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
 def test_exported_files_follow_the_umask(tmp_path):
     import os
 
-    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
-    train = write_groups(tmp_path / "g.jsonl", queries=16)
     out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--max_steps", "1"]
+    argv = _zero0_argv(tmp_path, "--max_steps", "1")
     previous = os.umask(0o027)
     try:
         assert cli.main(["train", *argv]) == 0
