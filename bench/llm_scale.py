@@ -115,11 +115,12 @@ def rank_main(argv: list[str], result_dir: str) -> None:
     import torch
 
     from bigrerank.arguments import parse
-    from bigrerank.training import distributed, trainer
+    from bigrerank import distributed
+    from bigrerank.training import trainer
 
     steps_peak = []
     model_args, data_args, args = parse(argv)
-    engine = trainer.train(model_args, data_args, args, on_reduced=lambda _: steps_peak.append(rss_mib()))
+    engine = trainer.train(model_args, data_args, args, on_reduced=lambda _: steps_peak.append(rss_mib())).engine
     engine.eval()
     with torch.no_grad():
         scores = engine(**probe_batch(Path(model_args.model_name_or_path))).logits.float().squeeze(-1).tolist()
@@ -150,7 +151,7 @@ def run_engine(model_dir: Path, data: Path, out: Path, steps: int, extra: list[s
 
 
 def _free_port() -> int:
-    from bigrerank.training.distributed import free_port
+    from bigrerank.distributed import free_port
 
     return free_port()
 

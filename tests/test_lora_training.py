@@ -15,7 +15,9 @@ from bigrerank import cli, lora
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.losses import lce_loss
 from bigrerank.model import load_reranker, pair_scores
-from bigrerank.training.steps import RngState, StepMode, micro_batch_step
+from bigrerank.rng import RngState
+from bigrerank.training.batches import MicroBatch
+from bigrerank.training.steps import micro_batch_step
 from tests.dist_harness import run_jobs, run_ranks
 from tests.test_training import CONFIGS, _losses
 from tests.tiny import tiny_model_dir, tiny_tokenizer, write_groups
@@ -41,9 +43,10 @@ def _train_and_keep_live(argv: list[str], out_file: str):
     from deepspeed.utils import safe_get_full_fp32_param
 
     from bigrerank.arguments import parse
-    from bigrerank.training import distributed, trainer
+    from bigrerank import distributed
+    from bigrerank.training import trainer
 
-    engine = trainer.train(*parse(argv))
+    engine = trainer.train(*parse(argv)).engine
     trained = {name: safe_get_full_fp32_param(p).cpu().clone() for name, p in engine.module.named_parameters()
                if p.requires_grad}  # collective under ZeRO-3: every rank calls it
     engine.eval()
@@ -121,8 +124,8 @@ def test_checkpointed_cached_step_replays_dropout_and_matches_a_plain_backward(t
     batches = [encoder.collate(pairs[i:i + 3]) for i in range(0, len(pairs), 3)]
     torch.manual_seed(123)
     start = RngState()
-    result = micro_batch_step(model, batches, (2, 4), 4, torch.ones(2, 4), lce_loss, StepMode(chunk_size=3),
-                              lambda surrogate, last: surrogate.backward())
+    micro = MicroBatch(batches, (2, 4), torch.ones(2, 4), group_size=4, chunked=True)
+    result = micro_batch_step(model, micro, lce_loss, lambda surrogate, last: surrogate.backward())
     assert len(calls) == 3 * len(batches)  # no-grad pass, recompute, and the checkpoint's replay in the backward
     cached = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     assert torch.equal(result.recomputed, result.scores)  # bit for bit: the same dropout masks
