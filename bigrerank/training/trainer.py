@@ -24,6 +24,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
+from ..planning import command as memory_plan
 from . import distributed, ds_config, skip_non_finite
 from .batches import encode_micro_batch
 from .steps import ReductionScope, StepMode, micro_batch_step
@@ -139,6 +140,7 @@ def train(model_args, data_args, args, on_reduced=None):
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
     lora.check_targets(model_args, model_config)
+    memory_plan.check_training(model_args, data_args, args, raw_config, model_config)  # before the model loads
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     rank, world = distributed.rank(), distributed.world_size()
