@@ -13,7 +13,7 @@ test `test_activations_match_saved_tensors` counts them on real forwards):
 - attention, per token a*L entries: eager keeps the softmax (BERT: b, plus 2b for the dropout mask and the
   dropped probabilities; decoders: a float32 softmax plus its cast, 4 + b, or 4 in float32); SDPA keeps a
   float32 log-sum-exp per head, 4a, except that with attention dropout on a CPU it falls back to the math
-  kernel, which keeps 12 B per entry whatever the dtype.
+  kernel, which keeps 12 B per entry and float32 copies of q, k and v, whatever the dtype.
 Outside the layers: embeddings and final norm, 3bh per token.
 
 A backward of one layer holds gradients as large as that layer's saved tensors, so one more layer's worth
@@ -41,8 +41,8 @@ def layer_bytes_per_token(shape: ModelShape, tokens: int, dtype_bytes: int, on_g
         softmax = b + (2 * b if shape.attention_dropout > 0 else 0)
     if shape.attention == "eager":
         return kept + shape.heads * tokens * softmax
-    if shape.attention_dropout > 0 and not on_gpu:
-        return kept + shape.heads * tokens * 12
+    if shape.attention_dropout > 0 and not on_gpu:  # the math kernel, computing in float32
+        return kept + shape.heads * tokens * 12 + 3 * q_width * (4 - b)
     return kept + 4 * shape.heads
 
 
