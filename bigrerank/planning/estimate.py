@@ -15,8 +15,9 @@ w bytes per weight (2 in bf16/fp16, else 4):
   (the rank's flat partition under ZeRO 1-3, the largest tensor under ZeRO-0); DeepSpeed's CPU Adam steps in
   place.
 Offloaded states (`offload_optimizer`, `offload_param`) move to the host. Loading: a rank reads the checkpoint
-onto the host (stage 0-2) and casts it to w bytes or flattens its trainable part before training starts, so
-the host peak is the larger of that and the training peak.
+onto the host (ZeRO-3: whole, then keeps its partition) and casts it to w bytes or flattens its trainable part before training starts, so
+the host peak is the larger of that and the training peak; on a CPU-only run the tensors so replaced stay in
+the process's heap (`freed_while_loading`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ DEEPSPEED_PREFETCH_BUCKET = 50_000_000
 DEEPSPEED_PERSISTENCE_THRESHOLD = 100_000
 DEEPSPEED_MAX_LIVE = 1_000_000_000
 DEEPSPEED_SUB_GROUP = 1_000_000_000
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ def model_states(setup: Setup, hardware: Hardware) -> tuple[dict, dict]:
         params = w * total
     (host if stage == 3 and _offloaded(ds, "offload_param") else device)["parameters"] = params
     grads = w * trainable / (n if stage >= 2 else 1)
+    if stage in (1, 2) and setup.half_precision:
+        grads += w * trainable / n  # the step flattens the partition's 16-bit gradients, then casts to float32
     if stage == 0 and setup.half_precision:
         grads += 4 * trainable
     device["gradients"] = grads
@@ -131,7 +135,7 @@ def model_states(setup: Setup, hardware: Hardware) -> tuple[dict, dict]:
                                                   trainable)
     torch_adam = bool(((ds.get("optimizer") or {}).get("params") or {}).get("torch_adam"))
     if not offload_states and (torch_adam or stage == 0):
-        stepped = shape.largest_trainable_tensor if stage == 0 else min(trainable / n, DEEPSPEED_SUB_GROUP)
+        stepped = max(shape.trainable_sizes, default=0) if stage == 0 else min(trainable / n, DEEPSPEED_SUB_GROUP)
         device["optimizer_step_workspace"] = 4 * stepped
     return device, host
 
@@ -140,11 +144,28 @@ def loading_peak(setup: Setup, hardware: Hardware) -> float:
     """Host bytes a rank holds while it loads the checkpoint and DeepSpeed casts and flattens it."""
     shape, stage = setup.shape, int(_zero(setup.ds).get("stage", 0))
     c, w = shape.checkpoint_bytes, 2 if setup.half_precision else 4
-    if stage == 3:
-        return c * shape.largest_module_params + w * shape.total_params / hardware.world
+    if stage == 3:  # every rank reads the whole checkpoint, then keeps its partition
+        return c * shape.total_params + w * shape.total_params / hardware.world
     cast = c * shape.total_params + (w * shape.total_params if c != w else 0)
     flatten = w * shape.total_params + (w * shape.trainable_params if stage in (1, 2) else 0)
     return max(cast, flatten)
+
+
+def freed_while_loading(setup: Setup) -> float:
+    """Host bytes of the tensors freed while the engine is set up that glibc keeps: blocks below its mmap threshold
+    (at most 32 MiB) go back to the heap, not to the system. ZeRO 0-2 free the checkpoint's tensors when they
+    are cast, and the trainable ones when ZeRO 1-2 flattens them; ZeRO-3 frees each tensor built whole before
+    it is partitioned and the whole checkpoint read into the partitions."""
+    shape, stage = setup.shape, int(_zero(setup.ds).get("stage", 0))
+    c, w = shape.checkpoint_bytes, 2 if setup.half_precision else 4
+
+    def kept(sizes, nbytes):
+        return sum(nbytes * size for size in sizes if nbytes * size <= GLIBC_MMAP_THRESHOLD_MAX)
+
+    if stage == 3:
+        return float(kept(shape.param_sizes, w) + kept(shape.param_sizes, c))
+    replaced = shape.param_sizes if c != w else shape.trainable_sizes if stage in (1, 2) else ()
+    return float(kept(replaced, c))
 
 
 def estimate(setup: Setup, hardware: Hardware) -> Plan:
@@ -165,6 +186,7 @@ def estimate(setup: Setup, hardware: Hardware) -> Plan:
         per_node["total"] = max(sum(steady.values()), per_node["loading"])
     else:
         per_rank = {k: int(v) for k, v in {**device, **host}.items()}
+        per_rank["freed_while_loading"] = int(freed_while_loading(setup))
         per_rank["loading"] = int(load)
         per_rank["total"] = max(sum(v for k, v in per_rank.items() if k != "loading"), per_rank["loading"])
         per_node = {k: v * ranks for k, v in per_rank.items()}

@@ -24,7 +24,7 @@ class ModelShape:
     trainable_params: int
     largest_module_params: int       # the most parameters one module owns directly (ZeRO-3 gathers it whole)
     param_sizes: tuple[int, ...]     # every parameter tensor's element count
-    largest_trainable_tensor: int    # the biggest tensor a per-parameter optimizer steps
+    trainable_sizes: tuple[int, ...]  # the trainable ones'
     layers: int
     hidden: int
     heads: int
@@ -103,7 +103,7 @@ def model_shape(config, model_args=None, score_head: str = "classifier") -> Mode
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
         param_sizes=tuple(p.numel() for p in params),
-        largest_trainable_tensor=max((p.numel() for p in params if p.requires_grad), default=0),
+        trainable_sizes=tuple(p.numel() for p in params if p.requires_grad),
         layers=config.num_hidden_layers, hidden=hidden, heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or hidden // heads,
