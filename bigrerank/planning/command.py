@@ -153,9 +153,10 @@ def command_line(argv: list[str], changes: dict, planner: Planner) -> str:
     return " ".join(["bigrerank", "train", *out])
 
 
-def plan_json(plan: Plan, suggestion: str | None, max_group: int) -> dict:
-    return {"per_rank": plan.per_rank, "per_node": plan.per_node, "budget": plan.budget, "fits": plan.fits,
-            "margin": plan.margin, "suggestion": suggestion, "max_group_size": max_group}
+def plan_json(plan: Plan, suggestion: str | None = None, max_group: int | None = None) -> dict:
+    verdict = {"per_rank": plan.per_rank, "per_node": plan.per_node, "budget": plan.budget, "fits": plan.fits,
+               "margin": plan.margin}
+    return verdict if max_group is None else {**verdict, "suggestion": suggestion, "max_group_size": max_group}
 
 
 def render(plan: Plan, hardware: Hardware, suggestion: str | None, max_group: int) -> str:
@@ -226,7 +227,7 @@ def check_training(model_args, data_args, args, raw_ds_config: dict, model_confi
     planner = Planner(model_args, data_args, args, hardware, raw_ds_config, copy.deepcopy(model_config))
     plan = planner.plan()
     if int(os.environ.get("RANK", "0")) == 0:
-        log.info("memory plan: %s", json.dumps(plan_json(plan, None, -1) | {"max_group_size": None}))
+        log.info("memory plan: %s", json.dumps(plan_json(plan)))
     if plan.fits or getattr(args, "ignore_memory_plan", False):
         return
     _, change, max_group = planner.verdict()
