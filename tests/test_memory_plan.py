@@ -102,9 +102,11 @@ def test_cpu_only_puts_everything_on_the_host():
     assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 3}})) == 2000 + 4000
 
 
-def _saved_bytes(config, tokens: int, dtype) -> int:
+def _saved_bytes(config_or_model, tokens: int, dtype=torch.float32) -> int:
     """Bytes of the tensors autograd saves in a forward (parameters excluded, shared storage once)."""
-    model = AutoModelForSequenceClassification.from_config(config).to(dtype).train()
+    model = config_or_model if isinstance(config_or_model, torch.nn.Module) else \
+        AutoModelForSequenceClassification.from_config(config_or_model)
+    model = model.to(dtype).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
 
@@ -139,6 +141,27 @@ def test_activations_match_saved_tensors(arch, impl, dtype):
     predicted = tokens * activations.layer_bytes_per_token(model_shape(build(impl, 2)), tokens, 2 if dtype != torch.float32
                                                            else 4, on_gpu=False)
     assert predicted == pytest.approx(measured, rel=0.05)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_activations_match_saved_tensors(dropout):
+    """LoRA adds each adapter's dropout mask and dropped input and lora_A's output, as autograd keeps them."""
+    from peft import get_peft_model
+
+    from bigrerank import lora
+    from bigrerank.arguments import ModelArguments
+
+    model_args = ModelArguments(model_name_or_path="tiny", lora_r=4, lora_dropout=dropout)
+    build, tokens = _configs()["llama"], 40
+
+    def saved(layers):
+        config = build("sdpa", layers)
+        model = AutoModelForSequenceClassification.from_config(config)
+        return _saved_bytes(get_peft_model(model, lora.lora_config(model, model_args)), tokens)
+
+    predicted = tokens * activations.layer_bytes_per_token(model_shape(build("sdpa", 2), model_args), tokens, 4,
+                                                           on_gpu=False)
+    assert predicted == pytest.approx(saved(2) - saved(1), rel=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ test `test_activations_match_saved_tensors` counts them on real forwards):
   dropped probabilities; decoders: a float32 softmax plus its cast, 4 + b, or 4 in float32); SDPA keeps a
   float32 log-sum-exp per head, 4a, except that with attention dropout on a CPU it falls back to the math
   kernel, which keeps 12 B per entry and float32 copies of q, k and v, whatever the dtype.
+- LoRA (every projection adapted, as by default): each adapter keeps lora_A's r-wide output (br) and, when
+  --lora_dropout > 0, its dropped input and mask, 1.5b x its input width on average (counted on tiny Llama
+  blocks: adapters sharing an input share a mask); RMSNorm weights are frozen, so their normalised input
+  (bh each) is not kept.
 Outside the layers: embeddings and final norm, 3bh per token.
 
 A backward of one layer holds gradients as large as that layer's saved tensors, so one more layer's worth
@@ -39,6 +43,10 @@ def layer_bytes_per_token(shape: ModelShape, tokens: int, dtype_bytes: int, on_g
         kept = b * (4 * h + 4 * q_width + 2 * f) + 4 * b
         kept += 2 * b * h if shape.hidden_dropout > 0 else 0
         softmax = b + (2 * b if shape.attention_dropout > 0 else 0)
+    if shape.lora_rank:
+        kept += b * shape.lora_rank * shape.lora_adapters_per_layer
+        kept += 1.5 * b * shape.lora_inputs_per_layer if shape.lora_dropout > 0 else 0
+        kept -= 2 * b * h if shape.rms_norm else 0  # frozen norm weights: their normalised input is not kept
     if shape.attention == "eager":
         return kept + shape.heads * tokens * softmax
     if shape.attention_dropout > 0 and not on_gpu:  # the math kernel, computing in float32

@@ -40,6 +40,10 @@ class ModelShape:
     attention_dropout: float
     checkpoint_bytes: int            # bytes per weight as stored (config dtype; float32 when unset)
     score_head: str = "classifier"
+    lora_inputs_per_layer: int = 0   # LoRA: summed input width of one block's adapted projections
+    lora_adapters_per_layer: int = 0
+    lora_rank: int = 0
+    lora_dropout: float = 0.0
 
 
 def read_config(name_or_path: str):
@@ -85,6 +89,17 @@ def _names(model) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
 
 
+def _lora_block(model) -> tuple[int, int]:
+    """(summed input width, count) of the LoRA-adapted linears of the first numbered block."""
+    widths = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        first = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if first is not None and parts[first] == "0" and hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            widths.append(module.base_layer.weight.shape[1])
+    return sum(widths), len(widths)
+
+
 def model_shape(config, model_args=None, score_head: str = "classifier") -> ModelShape:
     """The memory-relevant sizes of `config` trained as a reranker with `model_args`' LoRA settings."""
     if score_head not in SCORE_HEADS:
@@ -114,4 +129,13 @@ def model_shape(config, model_args=None, score_head: str = "classifier") -> Mode
         hidden_dropout=float(getattr(config, "hidden_dropout_prob", 0.0) or 0.0),
         attention_dropout=float(getattr(config, "attention_probs_dropout_prob", None)
                                 or getattr(config, "attention_dropout", 0.0) or 0.0),
-        checkpoint_bytes=_DTYPE_BYTES.get(dtype, 4), score_head=score_head)
+        checkpoint_bytes=_DTYPE_BYTES.get(dtype, 4), score_head=score_head,
+        **_lora_fields(model, model_args))
+
+
+def _lora_fields(model, model_args) -> dict:
+    if model_args is None or model_args.lora_r == 0:
+        return {}
+    width, count = _lora_block(model)
+    return {"lora_inputs_per_layer": width, "lora_adapters_per_layer": count, "lora_rank": model_args.lora_r,
+            "lora_dropout": model_args.lora_dropout}
