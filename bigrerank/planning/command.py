@@ -1,0 +1,238 @@
+"""`bigrerank plan`: a training command line's memory per rank and per node, a verdict and the cheapest fix.
+
+    bigrerank plan --model DIR_OR_CONFIG_JSON --ds_config ds_configs/zero3.json --nodes 2 --gpus_per_node 8 \
+        --gpu_memory 80GiB --host_memory 1TiB --train_group_size 64 --grad_cache_chunk_size 8 ... [--json]
+
+It reads the training flags (the same dataclasses; --train_path and --output_dir may be left out) plus the
+hardware ones below. Training runs the same planner before its model loads (`check_training`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import InputError
+from . import advice
+from .estimate import Hardware, Plan, Setup, alive_pairs, estimate
+from .shape import model_shape, read_config
+from .sizes import format_size, parse_size
+
+log = logging.getLogger("bigrerank.plan")
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+HARDWARE_FLAGS = ("nodes", "gpus_per_node", "cpu_processes_per_node", "gpu_memory", "host_memory", "json")
+
+
+@dataclass
+class PlanArguments:
+    nodes: int = field(default=1, metadata={"help": "Nodes of the run."})
+    gpus_per_node: Optional[int] = field(default=None, metadata={
+        "help": "GPUs (ranks) per node; 0 = CPU-only, everything in host memory (default: this machine's)."})
+    cpu_processes_per_node: int = field(default=1, metadata={"help": "Ranks per node of a CPU-only run."})
+    gpu_memory: Optional[str] = field(default=None, metadata={"help": "Memory of one GPU, e.g. 80GiB "
+                                                              "(default: this machine's GPU)."})
+    host_memory: Optional[str] = field(default=None, metadata={"help": "Memory of one node, e.g. 1TiB "
+                                                               "(default: this machine's)."})
+    json: bool = field(default=False, metadata={"help": "Print the plan as one JSON object."})
+
+
+def machine_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def hardware_from(plan_args: PlanArguments) -> Hardware:
+    import torch
+
+    if plan_args.nodes < 1 or plan_args.cpu_processes_per_node < 1:
+        raise InputError("--nodes/--cpu_processes_per_node", "must be >= 1")
+    gpus = torch.cuda.device_count() if plan_args.gpus_per_node is None else plan_args.gpus_per_node
+    if gpus < 0:
+        raise InputError("--gpus_per_node", f"must be >= 0, got {gpus}")
+    gpu_memory = None
+    if gpus:
+        if plan_args.gpu_memory is not None:
+            gpu_memory = parse_size(plan_args.gpu_memory, "--gpu_memory")
+        elif torch.cuda.is_available():
+            gpu_memory = torch.cuda.get_device_properties(0).total_memory
+        else:
+            raise InputError("--gpu_memory", "needed with --gpus_per_node > 0 when no GPU is visible here")
+    host = parse_size(plan_args.host_memory, "--host_memory") if plan_args.host_memory else machine_memory()
+    return Hardware(plan_args.nodes, gpus, plan_args.cpu_processes_per_node, gpu_memory, host)
+
+
+class Planner:
+    """Plans a training configuration and variants of it ({flag: value} changes of the training flags)."""
+
+    def __init__(self, model_args, data_args, args, hardware: Hardware, raw_ds_config: dict, config=None,
+                 score_head: str | None = None):
+        self.model_args, self.data_args, self.args, self.hardware = model_args, data_args, args, hardware
+        self.raw_ds_config = raw_ds_config
+        self.config = config if config is not None else read_config(model_args.model_name_or_path)
+        self.score_head = score_head or getattr(model_args, "score_head", None) or "classifier"
+        self._shapes: dict = {}
+
+    def _shape(self, model_args):
+        key = (model_args.lora_r, tuple(model_args.lora_target_modules or ()))
+        if key not in self._shapes:
+            self._shapes[key] = model_shape(copy.deepcopy(self.config), model_args, self.score_head)
+        return self._shapes[key]
+
+    def _ds_config(self, choice, args) -> tuple[dict, str]:
+        """(raw config, path): the given one, or for ("zero", stage, offload) the shipped one of that kind."""
+        from ..training import ds_config
+
+        if choice is None:
+            return self.raw_ds_config, args.ds_config
+        _, stage, offload = choice
+        name = f"zero{stage}{'_offload' if offload else ''}.json"
+        beside = Path(args.ds_config).parent / name
+        path = beside if beside.is_file() else SHIPPED_CONFIGS / name
+        return ds_config.load(path), str(path)
+
+    def setup(self, changes: dict | None = None) -> tuple[Setup, dict]:
+        from ..training import ds_config
+
+        changes = dict(changes or {})
+        raw, path = self._ds_config(changes.pop("ds_config", None), self.args)
+        model_args, data_args, args = (dataclasses.replace(a) for a in (self.model_args, self.data_args, self.args))
+        for name, value in changes.items():
+            setattr(next(a for a in (model_args, data_args, args) if hasattr(a, name)), name, value)
+        shape = self._shape(model_args)
+        # fp16 is refused on a CPU by the config check; the plan may be for GPUs elsewhere: resolve as bf16
+        resolving = dataclasses.replace(args, fp16=False, bf16=args.bf16 or args.fp16)
+        steps = args.max_steps if args.max_steps > 0 else 1
+        resolved = ds_config.resolve(raw, resolving, self.hardware.world, steps, shape.hidden, path=path)
+        setup = Setup(shape, resolved, data_args.train_group_size, data_args.max_len,
+                      args.per_device_train_batch_size, args.grad_cache_chunk_size, args.collaborative,
+                      args.gradient_checkpointing, args.bf16 or args.fp16)
+        return setup, {"ds_config": path}
+
+    def plan(self, changes: dict | None = None) -> Plan:
+        return estimate(self.setup(changes)[0], self.hardware)
+
+    def verdict(self) -> tuple[Plan, dict | None, int]:
+        """(the plan as given, the cheapest change that fits or None, the largest group that fits)."""
+        plan = self.plan()
+        setup, _ = self.setup()
+        zero = setup.ds.get("zero_optimization", {}) or {}
+        settings = {"grad_cache_chunk_size": self.args.grad_cache_chunk_size,
+                    "gradient_checkpointing": self.args.gradient_checkpointing,
+                    "zero_stage": int(zero.get("stage", 0)),
+                    "offload": (zero.get("offload_optimizer") or {}).get("device", "none") != "none",
+                    "lora_r": self.model_args.lora_r}
+        change = None if plan.fits else advice.cheapest_fit(self.plan, settings,
+                                                              alive_pairs(setup, self.hardware.world)[1])
+        return plan, change, advice.largest_group(self.plan)
+
+
+def command_line(argv: list[str], changes: dict, planner: Planner) -> str:
+    """`bigrerank train …` with `changes` applied to the training flags of `argv` (hardware flags dropped)."""
+    out, skip = [], False
+    names = {f"--{name}" for name in HARDWARE_FLAGS}
+    resolved = dict(changes)
+    if "ds_config" in resolved:
+        resolved["ds_config"] = planner.setup({"ds_config": resolved["ds_config"]})[1]["ds_config"]
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in names or flag[2:] in resolved:
+            skip = "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            continue
+        out.append(token)
+    for name, value in resolved.items():
+        out += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return " ".join(["bigrerank", "train", *out])
+
+
+def plan_json(plan: Plan, suggestion: str | None = None, max_group: int | None = None) -> dict:
+    verdict = {"per_rank": plan.per_rank, "per_node": plan.per_node, "budget": plan.budget, "fits": plan.fits,
+               "margin": plan.margin}
+    return verdict if max_group is None else {**verdict, "suggestion": suggestion, "max_group_size": max_group}
+
+
+def render(plan: Plan, hardware: Hardware, suggestion: str | None, max_group: int) -> str:
+    """Two tables (per rank, per node) and the verdict, as text."""
+    def table(title, rows, budget):
+        width = max(len(k) for k in rows)
+        lines = [title] + [f"  {k:<{width}}  {format_size(v):>12}" for k, v in rows.items() if k != "total"]
+        lines.append(f"  {'total':<{width}}  {format_size(rows['total']):>12}"
+                     + (f"   of {format_size(budget)}" if budget else ""))
+        return "\n".join(lines)
+
+    rank_title = ("per rank (GPU)" if hardware.gpus_per_node else "per rank (process; host memory)")
+    parts = [table(rank_title, plan.per_rank, plan.budget["per_rank"]),
+             table(f"per node (host, {hardware.ranks_per_node} ranks)", plan.per_node, plan.budget["per_node"])]
+    word = "fits" if plan.fits else "does NOT fit"
+    parts.append(f"verdict: {word}, margin {format_size(plan.margin)}")
+    if not plan.fits:
+        parts.append(f"cheapest change that fits: {suggestion}" if suggestion
+                     else "no change tried (gradient cache, checkpointing, ZeRO stage, offload, LoRA) fits")
+    parts.append(f"largest --train_group_size that fits as given: {max_group}")
+    return "\n".join(parts)
+
+
+def parse(argv: list[str]):
+    """The training dataclasses and PlanArguments from one argument list; --train_path/--output_dir optional."""
+    from transformers import HfArgumentParser
+
+    from ..arguments import DataArguments, ModelArguments, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PlanArguments))
+    for action in parser._actions:  # a plan needs no data and writes nothing
+        if action.dest in ("train_path", "output_dir"):
+            action.required, action.default = False, ""
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..training import ds_config
+
+    argv = list(argv or [])
+    model_args, data_args, args, plan_args = parse(argv)
+    hardware = hardware_from(plan_args)
+    planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))
+    plan, change, max_group = planner.verdict()
+    suggestion = command_line(argv, change, planner) if change is not None else None
+    if plan_args.json:
+        print(json.dumps(plan_json(plan, suggestion, max_group)))
+    else:
+        print(render(plan, hardware, suggestion, max_group))
+    return 0
+
+
+def training_hardware() -> Hardware:
+    """This run's hardware, from the launcher's environment and the machine (before any process group)."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = max(1, world // max(local, 1))
+    if torch.cuda.is_available():
+        return Hardware(nodes, local, 1, torch.cuda.get_device_properties(0).total_memory, machine_memory())
+    return Hardware(nodes, 0, local, None, machine_memory())
+
+
+def check_training(model_args, data_args, args, raw_ds_config: dict, model_config) -> None:
+    """Rank 0 logs the plan in one line; a plan that does not fit stops the run (unless --ignore_memory_plan)."""
+    hardware = training_hardware()
+    planner = Planner(model_args, data_args, args, hardware, raw_ds_config, copy.deepcopy(model_config))
+    plan = planner.plan()
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("memory plan: %s", json.dumps(plan_json(plan)))
+    if plan.fits or getattr(args, "ignore_memory_plan", False):
+        return
+    _, change, max_group = planner.verdict()
+    argv = ["--model_name_or_path", model_args.model_name_or_path, "--ds_config", args.ds_config]
+    suggestion = command_line(argv, change, planner) + " ..." if change else None
+    raise InputError("memory plan", "the predicted peak exceeds this machine's memory; pass "
+                     "--ignore_memory_plan to run anyway. " + render(plan, hardware, suggestion, max_group)
+                     .replace("\n", "; "))

@@ -1,0 +1,277 @@
+"""`bigrerank plan`: arithmetic on hand-computed cases, the activation model against autograd's saved tensors,
+the suggestion and the largest group, the shared flags with `train`, and clear errors."""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig, Qwen3Config
+
+from bigrerank import cli
+from bigrerank.errors import InputError
+from bigrerank.planning import activations, command
+from bigrerank.planning.estimate import Hardware, Setup, estimate, freed_while_loading, loading_peak, model_states
+from bigrerank.planning.shape import ModelShape, model_shape
+from bigrerank.planning.sizes import parse_size
+from tests.tiny import tiny_model_dir
+
+ZERO2 = {"zero_optimization": {"stage": 2, "reduce_bucket_size": 100}, "optimizer": {"params": {"torch_adam": True}}}
+
+
+def shape(**overrides) -> ModelShape:
+    values = dict(total_params=1000, trainable_params=1000, largest_module_params=300, param_sizes=(300, 600, 50, 50),
+                  trainable_sizes=(300, 600, 50, 50), layers=2, hidden=8, heads=2, kv_heads=2, head_dim=4, intermediate=16,
+                  vocab=100, rms_norm=False, gated_mlp=False, qk_norm=False, attention="sdpa", hidden_dropout=0.0,
+                  attention_dropout=0.0, checkpoint_bytes=4)
+    return ModelShape(**{**values, **overrides})
+
+
+def setup(**overrides) -> Setup:
+    values = dict(shape=shape(), ds=ZERO2, group_size=8, max_len=16, per_device_batch=2)
+    return Setup(**{**values, **overrides})
+
+
+def test_sizes():
+    assert parse_size("80GiB", "--gpu_memory") == 80 * 2 ** 30
+    assert parse_size("1TB", "--host_memory") == 10 ** 12
+    assert parse_size("1.5 MiB", "--x") == 3 * 2 ** 19
+    for bad in ("80XB", "GiB", "-1GiB", "0GiB", ""):
+        with pytest.raises(InputError):
+            parse_size(bad, "--gpu_memory")
+
+
+def test_model_states_by_hand():
+    gpus = Hardware(nodes=1, gpus_per_node=4, gpu_memory=10 ** 9, host_memory=10 ** 12)
+    device, host = model_states(setup(half_precision=True), gpus)
+    # bf16 ZeRO-2 on 4 ranks: 2 B/param weights, 2 B/param/4 gradients, 16 B/param/4 optimizer states (DeepSpeed's
+    # estimator), a 100-element reduce bucket, AdamW's float32 temporary of the 250-element partition
+    # (+ the step's flat 16-bit copy of the gradient partition)
+    assert device == {"parameters": 2000, "gradients": 500 + 500, "optimizer_states": 4000,
+                      "communication_buckets": 200, "optimizer_step_workspace": 1000}
+    assert host == {}
+    zero3_offload = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 10,
+                                           "stage3_param_persistence_threshold": 50,
+                                           "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
+    device, host = model_states(setup(ds=zero3_offload, half_precision=True), gpus)
+    # partition 1000/4 plus the two 50-element persistent tensors kept whole (100 * 3/4 more), in bf16
+    assert host == {"parameters": 2 * (250 + 75), "optimizer_states": 4000}
+    assert device == {"gradients": 500, "zero3_live_parameters": 2 * (300 + 10 + 300), "communication_buckets": 2000}
+    # LoRA: only trainable parameters have gradients and states; fp32 ZeRO-0 steps the weights themselves
+    lora = setup(shape=shape(trainable_params=100, trainable_sizes=(40, 60)), ds={"zero_optimization": {"stage": 0}})
+    device, _ = model_states(lora, Hardware(gpus_per_node=1, gpu_memory=1, host_memory=1))
+    assert device == {"parameters": 4000, "gradients": 400, "optimizer_states": 800, "optimizer_step_workspace": 240}
+
+
+def test_activations_by_hand():
+    # BERT family, fp32, SDPA without dropout: b(4h + 4ad + 2f) + 4b + 4a per token per layer
+    bert = shape()
+    assert activations.layer_bytes_per_token(bert, 16, 4, on_gpu=False) == 4 * (32 + 32 + 32) + 16 + 8
+    # eager attention adds the softmax, a * L entries of b bytes
+    eager = shape(attention="eager")
+    assert activations.layer_bytes_per_token(eager, 16, 4, False) == 4 * 96 + 16 + 2 * 16 * 4
+    # pairs alive: plain = micro-batch's pairs (2 x 8), cached = K, collaborative = the rank's slice
+    per_pair = activations.pair_bytes(bert, 16, 4, False, False)
+    assert per_pair == 16 * (2 * 408 + 3 * 4 * 8 + 408)
+    cpu = Hardware(host_memory=10 ** 12)
+    assert estimate(setup(), cpu).per_rank["activations"] == 16 * per_pair
+    assert estimate(setup(chunk_size=4), cpu).per_rank["activations"] == 4 * per_pair
+    two = Hardware(cpu_processes_per_node=2, host_memory=10 ** 12)
+    assert estimate(setup(collaborative=True), two).per_rank["activations"] == 8 * per_pair
+    # checkpointing: each layer's input (bh) plus the one layer recomputed, plus the backward's
+    ckpt = activations.pair_bytes(bert, 16, 4, False, True)
+    assert ckpt == 16 * (2 * 4 * 8 + 408 + 3 * 4 * 8 + 408)
+    # yes_no: the head's two rows per pair, never the vocabulary
+    assert activations.score_bytes(shape(score_head="yes_no"), 16, 4) == 4 * 2 * 16 + 4 * 2 * 4
+
+
+def test_cpu_only_puts_everything_on_the_host():
+    plan = estimate(setup(), Hardware(cpu_processes_per_node=2, host_memory=10 ** 12))
+    assert plan.budget == {"per_rank": None, "per_node": 10 ** 12}
+    assert plan.per_node["total"] == 2 * plan.per_rank["total"]
+    assert plan.per_rank["total"] == max(sum(v for k, v in plan.per_rank.items() if k not in ("total", "loading")),
+                                         loading_peak(setup(), Hardware(cpu_processes_per_node=2)))
+    # ZeRO-2 flattens the trainable tensors (4000 bytes as stored): freed into the heap
+    assert plan.per_rank["freed_while_loading"] == 4000
+    # a bf16 run casts the float32 checkpoint; ZeRO-0 in float32 replaces nothing
+    assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 0}})) == 4000
+    assert freed_while_loading(setup(ds={"zero_optimization": {"stage": 0}})) == 0
+    # ZeRO-3: the tensors built whole before partitioning and the checkpoint read into the partitions
+    assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 3}})) == 2000 + 4000
+
+
+def _saved_bytes(config_or_model, tokens: int, dtype=torch.float32) -> int:
+    """Bytes of the tensors autograd saves in a forward (parameters excluded, shared storage once)."""
+    model = config_or_model if isinstance(config_or_model, torch.nn.Module) else \
+        AutoModelForSequenceClassification.from_config(config_or_model)
+    model = model.to(dtype).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    ids = torch.randint(5, 90, (1, tokens))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return sum(seen.values())
+
+
+def _configs():
+    common = dict(vocab_size=100, hidden_size=48, intermediate_size=112, num_labels=1)
+    decoder = dict(num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common)
+    return {"bert": lambda impl, n: BertConfig(num_attention_heads=4, attn_implementation=impl, num_hidden_layers=n,
+                                               **common),
+            "qwen3": lambda impl, n: Qwen3Config(head_dim=16, attn_implementation=impl, num_hidden_layers=n, **decoder),
+            "llama": lambda impl, n: LlamaConfig(attn_implementation=impl, num_hidden_layers=n, **decoder)}
+
+
+@pytest.mark.parametrize("arch", ["bert", "qwen3", "llama"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activations_match_saved_tensors(arch, impl, dtype):
+    """The per-layer formula equals what autograd keeps, layer by layer (2 layers minus 1), within 5%."""
+    build, tokens = _configs()[arch], 40
+    measured = _saved_bytes(build(impl, 2), tokens, dtype) - _saved_bytes(build(impl, 1), tokens, dtype)
+    predicted = tokens * activations.layer_bytes_per_token(model_shape(build(impl, 2)), tokens, 2 if dtype != torch.float32
+                                                           else 4, on_gpu=False)
+    assert predicted == pytest.approx(measured, rel=0.05)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_activations_match_saved_tensors(dropout):
+    """LoRA adds each adapter's dropout mask and dropped input and lora_A's output, as autograd keeps them."""
+    from peft import get_peft_model
+
+    from bigrerank import lora
+    from bigrerank.arguments import ModelArguments
+
+    model_args = ModelArguments(model_name_or_path="tiny", lora_r=4, lora_dropout=dropout)
+    build, tokens = _configs()["llama"], 40
+
+    def saved(layers):
+        config = build("sdpa", layers)
+        model = AutoModelForSequenceClassification.from_config(config)
+        return _saved_bytes(get_peft_model(model, lora.lora_config(model, model_args)), tokens)
+
+    predicted = tokens * activations.layer_bytes_per_token(model_shape(build("sdpa", 2), model_args), tokens, 4,
+                                                           on_gpu=False)
+    assert predicted == pytest.approx(saved(2) - saved(1), rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def _argv(model, *extra):
+    return ["--model", str(model), "--ds_config", "ds_configs/zero0.json", "--train_group_size", "64", "--max_len",
+            "128", "--per_device_train_batch_size", "4", *extra]
+
+
+def _plan_json(argv, capsys) -> dict:
+    assert cli.main(["plan", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_keys_and_suggestion_fits_when_applied(tiny_dir, capsys):
+    hardware = ["--gpus_per_node", "2", "--gpu_memory", "40MiB", "--host_memory", "1GiB"]
+    result = _plan_json(_argv(tiny_dir, *hardware), capsys)
+    assert set(result) >= {"per_rank", "per_node", "budget", "fits", "suggestion", "max_group_size"}
+    assert result["per_rank"]["total"] > result["budget"]["per_rank"] == 40 * 2 ** 20 and not result["fits"]
+    suggestion = shlex.split(result["suggestion"])
+    assert suggestion[:2] == ["bigrerank", "train"]
+    applied = _plan_json([*suggestion[2:], *hardware], capsys)
+    assert applied["fits"] and applied["suggestion"] is None
+    assert 1 <= result["max_group_size"] < 64
+    at_max = _plan_json(_argv(tiny_dir, *hardware, "--train_group_size", str(result["max_group_size"])), capsys)
+    over = _plan_json(_argv(tiny_dir, *hardware, "--train_group_size", str(result["max_group_size"] + 1)), capsys)
+    assert at_max["fits"] and not over["fits"]
+
+
+def test_suggestions_follow_the_cost_order(tiny_dir, capsys):
+    base = _plan_json(_argv(tiny_dir, "--gpus_per_node", "1", "--gpu_memory", "1TiB"), capsys)
+    activation = base["per_rank"]["activations"]
+    # just short of the plain run: a gradient-cache chunk is enough and is tried first
+    short = base["per_rank"]["total"] - activation // 4
+    result = _plan_json(_argv(tiny_dir, "--gpus_per_node", "1", "--gpu_memory", f"{short}B"), capsys)
+    assert "--grad_cache_chunk_size" in result["suggestion"] and "--lora_r" not in result["suggestion"]
+    # below the weights and Adam states of a full fine-tune: only LoRA (with everything before it) can fit
+    states = base["per_rank"]["parameters"] + base["per_rank"]["optimizer_states"]
+    tight = _plan_json(_argv(tiny_dir, "--gpus_per_node", "1", "--gpu_memory", f"{states // 2}B",
+                             "--host_memory", "100MiB"), capsys)
+    assert tight["suggestion"] is None or "--lora_r 16" in tight["suggestion"]
+
+
+def test_plan_and_train_accept_the_same_flags(tiny_dir):
+    from bigrerank.arguments import parse
+
+    argv = [*_argv(tiny_dir), "--train_path", "data.jsonl", "--output_dir", "out", "--bf16", "--lora_r", "8",
+            "--gradient_checkpointing", "--collaborative", "--grad_cache_chunk_size", "4", "--ignore_memory_plan"]
+    trained = parse(argv)
+    planned = command.parse([*argv, "--nodes", "2", "--gpus_per_node", "8", "--gpu_memory", "80GiB"])
+    assert planned[:3] == tuple(trained)
+    train_flags = {o for a in _parser_actions(False) for o in a.option_strings}
+    plan_flags = {o for a in _parser_actions(True) for o in a.option_strings}
+    assert train_flags <= plan_flags
+
+
+def _parser_actions(plan: bool):
+    from transformers import HfArgumentParser
+
+    from bigrerank.arguments import DataArguments, ModelArguments, TrainingArguments
+
+    classes = (ModelArguments, DataArguments, TrainingArguments) + ((command.PlanArguments,) if plan else ())
+    return HfArgumentParser(classes)._actions
+
+
+@pytest.mark.parametrize("case", ["unknown model", "non-JSON config", "unknown model type", "bad size",
+                                  "zero budget", "no GPU memory"])
+def test_bad_input_is_one_clear_line(tiny_dir, tmp_path, capsys, case):
+    bad_json = tmp_path / "config.json"
+    bad_json.write_text("{not json")
+    odd_type = tmp_path / "odd.json"
+    odd_type.write_text(json.dumps({"model_type": "no-such-architecture"}))
+    argv, message = {
+        "unknown model": (_argv(tmp_path / "missing"), "missing"),
+        "non-JSON config": (_argv(bad_json), "not a JSON model config"),
+        "unknown model type": (_argv(odd_type), "unknown model type"),
+        "bad size": (_argv(tiny_dir, "--gpus_per_node", "1", "--gpu_memory", "80XB"), "'80XB' is not a size"),
+        "zero budget": (_argv(tiny_dir, "--host_memory", "0GiB"), "no memory at all"),
+        "no GPU memory": (_argv(tiny_dir, "--gpus_per_node", "2"), "--gpu_memory"),
+    }[case]
+    if case == "no GPU memory" and torch.cuda.is_available():
+        pytest.skip("a visible GPU supplies --gpu_memory")
+    assert cli.main(["plan", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bigrerank plan: error:") and message in err[0]
+
+
+def test_config_json_plans_like_its_model_dir(tiny_dir, capsys):
+    from_dir = _plan_json(_argv(tiny_dir, "--gpus_per_node", "0", "--host_memory", "1TiB"), capsys)
+    from_json = _plan_json(_argv(tiny_dir / "config.json", "--gpus_per_node", "0", "--host_memory", "1TiB"), capsys)
+    assert from_dir["per_node"] == from_json["per_node"]
+
+
+def test_training_refuses_a_plan_that_cannot_fit(tiny_dir, monkeypatch, caplog):
+    from bigrerank.arguments import parse
+    from bigrerank.model import load_config
+    from bigrerank.training import ds_config
+
+    model_args, data_args, args = parse([*_argv(tiny_dir), "--train_path", "x", "--output_dir", "y"])
+    config = load_config(str(tiny_dir))
+    raw = ds_config.load(args.ds_config)
+    monkeypatch.setattr(command, "machine_memory", lambda: 2 ** 20)
+    with pytest.raises(InputError, match="exceeds this machine's memory.*cheapest change that fits: bigrerank train"):
+        command.check_training(model_args, data_args, args, raw, config)
+    command.check_training(model_args, data_args, replace(args, ignore_memory_plan=True), raw, config)
+    monkeypatch.setattr(command, "machine_memory", lambda: 2 ** 40)
+    with caplog.at_level("INFO", logger="bigrerank.plan"):
+        command.check_training(model_args, data_args, args, raw, config)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory plan:")]
+    assert len(lines) >= 1 and json.loads(lines[-1][len("memory plan: "):])["fits"]
