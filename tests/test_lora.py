@@ -14,7 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from bigrerank.data.pairs import PairEncoder
 from tests.dist_harness import run_jobs
 from tests.reference import reference_state, relative_difference, update_difference
 from tests.tiny import tiny_model_dir, write_groups
@@ -56,6 +58,11 @@ def _argv(model, data, out, *extra):
             "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), "--output_dir", str(out), *extra]
 
 
+def _reference_encoder(model_dir, arch: str) -> PairEncoder:
+    """The pair template of the classifier contract: a decoder reads its last token, so an EOS ends every pair."""
+    return PairEncoder(AutoTokenizer.from_pretrained(model_dir), 32, append_eos=arch != "bert")
+
+
 @pytest.mark.parametrize("world", [1, 2])
 def test_lora_and_checkpointing_match_the_plain_peft_reference(models, world):
     tmp, dirs, data = models
@@ -76,7 +83,8 @@ def test_lora_and_checkpointing_match_the_plain_peft_reference(models, world):
         if key not in references:
             references[key] = reference_state(
                 dirs[arch], data, steps=STEPS, queries_per_micro=queries, accum=accum, group_size=GROUP, lr=1e-3,
-                lora={"r": R, "lora_alpha": ALPHA, "target_modules": TARGETS[arch]} if lora else None)
+                lora={"r": R, "lora_alpha": ALPHA, "target_modules": TARGETS[arch]} if lora else None,
+                encoder=_reference_encoder(dirs[arch], arch))
         weights, gradients = references[key]
         for step in range(STEPS):
             recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
