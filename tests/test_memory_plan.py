@@ -108,10 +108,11 @@ def _saved_bytes(config_or_model, tokens: int, dtype=torch.float32) -> int:
         AutoModelForSequenceClassification.from_config(config_or_model)
     model = model.to(dtype).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
+    seen, alive = {}, []
 
     def pack(t):
         storage = t.untyped_storage()
+        alive.append(t)  # a storage freed during the forward could hand its address to another: keep them all
         if storage.data_ptr() not in params:
             seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
         return t
