@@ -51,11 +51,19 @@ def write_groups(path: Path, negatives: int, queries: int | None = None) -> str:
 
 def write_synthetic_groups(path: Path, negatives: int, queries: int, tokens: int = 150, seed: int = 0) -> int:
     """Random token-id groups over the benchmark model's non-special vocabulary, `tokens` long (pairs fill 128)."""
-    import numpy as np
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    low, high = max(tokenizer.all_special_ids) + 1, len(tokenizer)
+    write_token_groups(path, max(tokenizer.all_special_ids) + 1, len(tokenizer), negatives, queries, tokens, seed)
+    return queries
+
+
+def write_token_groups(path: Path, low: int, high: int, negatives: int, queries: int, tokens: int,
+                       seed: int = 0) -> None:
+    """Random token-id groups (ids in [low, high)): a 12-token query, a positive and `negatives` negatives of
+    `tokens` ids each."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     ids = lambda n: rng.integers(low, high, size=n).tolist()  # noqa: E731
     with open(path, "w") as f:
@@ -63,7 +71,6 @@ def write_synthetic_groups(path: Path, negatives: int, queries: int, tokens: int
             row = {"qry": {"qid": f"q{q}", "query": ids(12)}, "pos": [{"pid": f"q{q}p", "passage": ids(tokens)}],
                    "neg": [{"pid": f"q{q}n{i}", "passage": ids(tokens)} for i in range(negatives)]}
             f.write(json.dumps(row) + "\n")
-    return queries
 
 
 def write_scifact_groups(path: Path, negatives: int, queries: int | None = None) -> int:

@@ -93,18 +93,6 @@ def child(argv: list[str], result_path: str) -> None:
                                              "plan": plan.per_rank if cuda else plan.per_node}))
 
 
-def write_token_groups(path: Path, low: int, high: int, negatives: int, queries: int, tokens: int) -> None:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    ids = lambda n: rng.integers(low, high, size=n).tolist()  # noqa: E731
-    with open(path, "w") as f:
-        for q in range(queries):
-            row = {"qry": {"qid": f"q{q}", "query": ids(12)}, "pos": [{"pid": f"q{q}p", "passage": ids(tokens)}],
-                   "neg": [{"pid": f"q{q}n{i}", "passage": ids(tokens)} for i in range(negatives)]}
-            f.write(json.dumps(row) + "\n")
-
-
 def build_qwen(directory: Path) -> Path:
     """Qwen2.5-0.5B dimensions, random float32 weights (training casts them to bf16), a small local tokenizer.
 
@@ -138,7 +126,7 @@ def prepare(work: Path) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(model)
         data = work / f"{kind}_groups.jsonl"
         if not data.is_file():
-            write_token_groups(data, max(tokenizer.all_special_ids) + 1, len(tokenizer), 63, 16, 300)
+            common.write_token_groups(data, max(tokenizer.all_special_ids) + 1, len(tokenizer), 63, 16, 300)
         load_groups(str(data), vocab_size=len(tokenizer), group_size=64)
         out[kind] = (model, data)
     return out
