@@ -13,12 +13,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from ..atomic import atomic_file
+from ..command_line import CommandParser
 from ..data.collection import read_qrels, read_run
+from ..data.runs import run_lines
 from ..errors import InputError
-from .convert import run_lines
+
 
 # ranx method names, by the hyperparameters they take
 WEIGHTED = ("wsum", "wmnz", "mixed", "w_bordafuse", "w_condorcet")          # one weight per run
@@ -281,9 +281,8 @@ def save_fusion(path, fusion: Fusion, names: list[str], qrels: str, metric: str)
 
 
 def parse_arguments(argv: list[str] | None) -> FuseArguments:
-    parser = HfArgumentParser(FuseArguments)
-    parser.prog = "bigrerank fuse"
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = CommandParser(FuseArguments, "fuse")
+    (args,) = parser.parse(argv)
     if not args.run_name or len(args.run_name.split()) != 1 or args.run_name != args.run_name.strip():
         parser.error(f"--run_name must be one word without whitespace, got {args.run_name!r}")
     return args
