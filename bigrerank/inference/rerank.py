@@ -108,10 +108,8 @@ def start_ranks() -> tuple[int, int, torch.device, bool]:
 
 def check_paths(args: RerankArguments) -> None:
     """The model directory exists and the output can be written over none of the inputs: checked before any work."""
-    if not (Path(args.model) / "config.json").is_file():
-        raise InputError(args.model, "not a Hugging Face model directory (no config.json)")
-    check_output(args.output, [args.input, args.ids, args.run, args.queries, args.corpus,
-                               *Path(args.model).iterdir()])
+    model_dir = require_model_dir(args.model)
+    check_output(args.output, [args.input, args.ids, args.run, args.queries, args.corpus, *model_dir.iterdir()])
 
 
 def trained_max_len(model_dir) -> int | None:
