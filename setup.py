@@ -26,6 +26,8 @@ setup(
         "bm25s>=0.2.6",
         "PyStemmer>=2.2",
         "accelerate>=1.1",
+        "peft>=0.13",
+        "ranx>=0.3.20",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},
