@@ -156,13 +156,14 @@ def _free_port() -> int:
     return free_port()
 
 
-def export_scores(out: Path, model_dir: Path) -> list[float]:
+def export_scores(out: Path, model_dir: Path, dtype=None) -> list[float]:
+    """The export's probe scores, loaded with AutoModelForSequenceClassification in `dtype` (default fp32)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=dtype or torch.float32).eval()
     with torch.no_grad():
-        return model(**probe_batch(model_dir)).logits.squeeze(-1).tolist()
+        return model(**probe_batch(model_dir)).logits.float().squeeze(-1).tolist()
 
 
 def plain_main(model_dir: str, data: str, steps: int, result_file: str) -> None:
@@ -248,6 +249,9 @@ def scale_run(kind: str, arch: str, steps: int, work: Path, log) -> None:
     log(f"export (AutoModelForSequenceClassification, fp32) scores {['%.4f' % s for s in exported]} vs live engine "
         f"(bf16) {['%.4f' % s for s in live]}: max |diff| {worst:.4f} = {worst / max(spread, 1e-9):.3f} of the "
         f"live scores' spread; ranking {'same' if _order(exported) == _order(live) else 'DIFFERENT'}")
+    exported_bf16 = export_scores(work / f"{kind}-{arch}", model_dir, torch.bfloat16)
+    log(f"the same export loaded in bf16 (the live engine's dtype): {['%.4f' % s for s in exported_bf16]}, max |diff| "
+        f"to the live engine {max(abs(a - b) for a, b in zip(exported_bf16, live)):.4f}")
     if kind == "full":
         torch.set_num_threads(RANKS)
         peak = common.matmul_gflops(torch.bfloat16)
