@@ -171,6 +171,23 @@ def test_a_resume_keeps_the_best_so_far(runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_load_best_model_at_end_exports_the_best_checkpoint_and_says_which(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from bigrerank.training.trainer import Checkpoints
+
+    best = BestCheckpoint("nDCG@10", {})
+    best.evaluated(4, {"nDCG@10": 0.75})
+    best.checkpointed(4)
+    args = SimpleNamespace(output_dir=str(tmp_path), load_best_model_at_end=True)
+    final = tmp_path / "checkpoints" / "step-6"
+    with caplog.at_level(logging.INFO):
+        assert Checkpoints(None, None, args, {}, best).to_export(final) == tmp_path / "checkpoints" / "step-4"
+    assert "exporting the best checkpoint, step 4 (nDCG@10 0.75)" in caplog.text
+    args.load_best_model_at_end = False
+    assert Checkpoints(None, None, args, {}, best).to_export(final) == final
+
+
 def test_rotation_spares_the_best_and_latest(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6, 8):
