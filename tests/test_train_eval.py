@@ -188,6 +188,50 @@ def test_load_best_model_at_end_exports_the_best_checkpoint_and_says_which(tmp_p
     assert Checkpoints(None, None, args, {}, best).to_export(final) == final
 
 
+class _RandomEngine(torch.nn.Module):
+    """Enough of an engine for the evaluator: its forward draws random numbers and checks how it is called."""
+
+    device = "cpu"
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.frozen = torch.nn.Linear(1, 1), torch.nn.Dropout(0.5).eval()
+
+    def forward(self, input_ids, **_):
+        assert not self.training and not self.head.training and not torch.is_grad_enabled()
+        noise = torch.rand(len(input_ids), 1)  # draws from the RNG the training continues with
+        return type("Output", (), {"logits": input_ids.float().sum(1, keepdim=True) + 0 * noise})()
+
+
+def test_evaluation_restores_every_module_mode_and_the_rng(tmp_path):
+    from types import SimpleNamespace
+
+    from bigrerank.data.pairs import PairEncoder
+    from bigrerank.inference.candidates import Candidate
+    from bigrerank.training.evaluation import JUDGED_BY, EvalSet, Evaluator
+    from tests.tiny import tiny_tokenizer
+
+    candidates = [Candidate("q1", "a", "new york", "new york today"), Candidate("q1", "b", "new york", "python"),
+                  Candidate("q2", "c", "code", "python code code"), Candidate("q2", "d", "code", "cold")]
+    qrels = {"q1": {"a": 1}, "q2": {"d": 1}}
+    args = SimpleNamespace(eval_steps=2, per_device_eval_batch_size=3, metric_for_best_model="RR@10",
+                           **dict.fromkeys(JUDGED_BY))
+    evaluator = Evaluator(EvalSet(candidates, qrels), PairEncoder(tiny_tokenizer(), 32), args, total_steps=5)
+    engine = _RandomEngine().train()
+    engine.frozen.eval()  # a module the training keeps in eval mode stays so
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert [s for s in range(1, 6) if evaluator.due(s)] == [2, 4, 5]
+    result = evaluator.maybe_evaluate(engine, 2)
+    assert torch.equal(torch.rand(4), expected)
+    assert engine.training and engine.head.training and not engine.frozen.training
+    # the longer passage scores higher (the fake score sums token ids): q1 ranks a first, q2 ranks c first
+    assert result.metrics["RR@10"] == pytest.approx((1 + 1 / 2) / 2) and result.headline == "RR@10"
+    assert set(result.row()) == {f"eval_{m}" for m in metric_names("RR@10")} | {"eval_runtime"}
+    assert evaluator.best.metrics_at(2) == result.metrics and evaluator.maybe_evaluate(engine, 3) is None
+
+
 def test_rotation_spares_the_best_and_latest(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6, 8):
