@@ -76,22 +76,24 @@ def runs(tmp_path_factory):
     model = tiny_model_dir(tmp / "model", dropout=0.1, init_range=0.2)  # dropout: the RNG must be restored
     train = write_groups(tmp / "groups.jsonl", queries=32)
     files = write_eval_set(tmp / "eval")
-    out = {name: tmp / name for name in ("off", "on", "pairs", "resumed", "off3", "on3")}
+    out = {name: tmp / name for name in ("off", "on", "pairs", "flat", "resumed", "off3", "on3")}
     pairs = ["--eval_path", str(files["pairs"]), "--eval_ids", str(files["ids"]), "--eval_qrels", str(files["qrels"]),
              "--eval_steps", "2", "--logging_steps", "3", "--load_best_model_at_end"]
+    # one candidate per query: every evaluation scores the same, so the best stays the first saved one, step 2
+    flat = [*_run_flags(files, 4), "--eval_depth", "1", "--save_total_limit", "2", "--load_best_model_at_end"]
     run_jobs(1, [_argv(model, train, out["off"], "zero2"),
                  _argv(model, train, out["on"], "zero2", *_run_flags(files, 4), "--save_total_limit", "1",
                        "--load_best_model_at_end"),
-                 _argv(model, train, out["pairs"], "zero2", *pairs)])
+                 _argv(model, train, out["pairs"], "zero2", *pairs),
+                 _argv(model, train, out["flat"], "zero2", *flat)])
     collaborative = ["--collaborative", "--grad_cache_chunk_size", "3"]
     run_jobs(2, [_argv(model, train, out["off3"], "zero3", *collaborative),
                  _argv(model, train, out["on3"], "zero3", *collaborative, *_run_flags(files, 7),
                        "--save_total_limit", "2", "--load_best_model_at_end")])
-    shutil.copytree(out["pairs"] / "checkpoints", out["resumed"] / "checkpoints")
-    shutil.rmtree(out["resumed"] / "checkpoints" / "step-6")
-    (out["resumed"] / "checkpoints" / "latest").write_text("step-4")
-    shutil.copy(out["pairs"] / "train_log.jsonl", out["resumed"] / "train_log.jsonl")
-    run_jobs(1, [_argv(model, train, out["resumed"], "zero2", *pairs, "--resume_from_checkpoint", "latest")])
+    (out["resumed"] / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out["flat"] / "checkpoints" / "step-2", out["resumed"] / "checkpoints" / "step-2")
+    shutil.copy(out["flat"] / "train_log.jsonl", out["resumed"] / "train_log.jsonl")
+    run_jobs(1, [_argv(model, train, out["resumed"], "zero2", *flat, "--resume_from_checkpoint", "latest")])
     return out, files
 
 
@@ -161,12 +163,17 @@ def test_both_candidate_forms_give_the_same_metrics_and_eval_rows_of_their_own(r
 
 
 def test_a_resume_keeps_the_best_so_far(runs):
+    """The best (step 2) is kept from rotation, and a resume from step 2 keeps it: without its record the resumed
+    run would take step 4, its first evaluation, for the best and export that."""
     out, _ = runs
-    straight, resumed = out["pairs"], out["resumed"]
-    assert _evals(resumed) == _evals(straight)  # steps 2 and 4 kept from the log, 6 evaluated after the resume
-    best = _best_step(_evals(straight))
+    straight, resumed = out["flat"], out["resumed"]
+    evals = _evals(straight)
+    assert sorted(evals) == [2, 4, 6] and evals[2] == evals[4] == evals[6]
+    assert _evals(resumed) == evals  # step 2 kept from the log, 4 and 6 evaluated after the resume
     for out_dir in (straight, resumed):
-        assert json.loads((out_dir / TRAINING_INFO).read_text())["step"] == best
+        assert store.complete_tags(out_dir / "checkpoints") == ["step-2", "step-6"]  # step-4 rotated, not the best
+        assert json.loads((out_dir / TRAINING_INFO).read_text())["step"] == 2
+        assert store.read_manifest(out_dir / "checkpoints" / "step-6")["client_state"]["best"]["step"] == 2
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -182,7 +189,11 @@ def test_load_best_model_at_end_exports_the_best_checkpoint_and_says_which(tmp_p
     args = SimpleNamespace(output_dir=str(tmp_path), load_best_model_at_end=True)
     final = tmp_path / "checkpoints" / "step-6"
     with caplog.at_level(logging.INFO):
-        assert Checkpoints(None, None, args, {}, best).to_export(final) == tmp_path / "checkpoints" / "step-4"
+        assert Checkpoints(None, None, args, {}, best).to_export(final) == final  # step-4 is not on disk
+        assert "the best checkpoint" in caplog.text and "cannot be exported (it is gone)" in caplog.text
+        (final.parent / "step-4").mkdir(parents=True)
+        (final.parent / "step-4" / store.MANIFEST).write_text(json.dumps({"step": 4, "files": []}))
+        assert Checkpoints(None, None, args, {}, best).to_export(final) == final.parent / "step-4"
     assert "exporting the best checkpoint, step 4 (nDCG@10 0.75)" in caplog.text
     args.load_best_model_at_end = False
     assert Checkpoints(None, None, args, {}, best).to_export(final) == final

@@ -83,10 +83,9 @@ def score_shards(engine, pairs: list, collate, batch_size: int) -> list[float]:
     for i in range(math.ceil(len(batches) / world)):
         indices = mine[i] if i < len(mine) else batches[-1]  # padding: every rank runs as many forwards
         batch = {name: value.to(engine.device) for name, value in collate([pairs[j] for j in indices]).items()}
+        scored = pair_scores(engine, batch)
         if i < len(mine):
-            scores.append(pair_scores(engine, batch))
-        else:
-            pair_scores(engine, batch)
+            scores.append(scored)
     own = ([j for indices in mine for j in indices], torch.cat(scores).tolist() if scores else [])
     shards = [own]
     if world > 1:

@@ -182,9 +182,15 @@ class Checkpoints:
         """The checkpoint the run exports: the final one, or with --load_best_model_at_end the best one."""
         if not self.args.load_best_model_at_end or self.best is None or self.best.step is None:
             return final
+        best_dir = self.root / self.best.tag
+        reason = store.incomplete_reason(best_dir) if best_dir.is_dir() else "it is gone"
+        if reason:
+            log.warning("--load_best_model_at_end: the best checkpoint %s cannot be exported (%s): exporting the "
+                        "last one, %s", best_dir, reason, final.name)
+            return final
         log.info("--load_best_model_at_end: exporting the best checkpoint, step %d (%s %.6g)", self.best.step,
                  self.best.metric, self.best.value)
-        return self.root / self.best.tag
+        return best_dir
 
 
 class NonFiniteSteps:
