@@ -243,6 +243,31 @@ def test_evaluation_restores_every_module_mode_and_the_rng(tmp_path):
     assert evaluator.best.metrics_at(2) == result.metrics and evaluator.maybe_evaluate(engine, 3) is None
 
 
+def test_eval_metrics_go_to_the_log_wandb_and_the_bar(tmp_path):
+    """An evaluation at a step that logs nothing else is a row of its own; at a logging step it joins that row."""
+    from types import SimpleNamespace
+
+    from bigrerank.training.evaluation import Evaluation
+    from bigrerank.training.progress import Progress, TrainLog
+
+    logged = []
+    wandb_run = SimpleNamespace(log=lambda row, step: logged.append((step, row)), finish=lambda: None)
+    engine = SimpleNamespace(get_global_grad_norm=lambda: 1.5, get_lr=lambda: [0.1], skipped_steps=0)
+    progress = Progress(SimpleNamespace(logging_steps=4, fp16=False), 4, 8, 0,
+                        TrainLog(tmp_path / "train_log.jsonl", 0, wandb_run), zero0=False)
+    metrics = {"nDCG@10": 0.5, "RR@10": 0.25}
+    for step in (1, 2, 3, 4):
+        progress.step_done(engine, step, Evaluation(step, metrics, 0.0, "nDCG@10") if step % 2 == 0 else None)
+    progress.close()
+    rows = _rows(tmp_path)
+    assert rows[0] == {"step": 2, "epoch": 0.5, "eval_nDCG@10": 0.5, "eval_RR@10": 0.25, "eval_runtime": 0.0}
+    assert rows[1]["step"] == 4 and rows[1]["grad_norm"] == 1.5 and rows[1]["eval_nDCG@10"] == 0.5
+    assert [step for step, _ in logged] == [2, 4]  # wandb gets each row (loss is NaN here: no micro-batch added)
+    assert all(sorted(row) == sorted(set(r) - {"step"}) and row["eval_nDCG@10"] == 0.5
+               for (_, row), r in zip(logged, rows))
+    assert progress.bar.postfix == "eval_nDCG@10=0.5000, loss=nan, lr=1.00e-01"
+
+
 def test_rotation_spares_the_best_and_latest(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6, 8):
