@@ -113,6 +113,29 @@ class TrainingArguments:
         default=1800, metadata={"help": "Seconds a collective may wait before the ranks give up (a dead peer)."})
     ignore_memory_plan: bool = field(default=False, metadata={
         "help": "Train even when the memory plan predicts a peak above this machine's memory."})
+    eval_path: Optional[str] = field(default=None, metadata={
+        "help": "Evaluate while training on these candidate pairs: what `bigrerank rerank --input` takes (JSON lines "
+                "{qid, pid, qry, psg})."})
+    eval_ids: Optional[str] = field(default=None, metadata={
+        "help": "With --eval_path: its qid<TAB>pid file, one row per JSON line (as `rerank --ids`)."})
+    eval_run: Optional[str] = field(default=None, metadata={
+        "help": "Evaluate on a first-stage run's candidates instead (as `rerank --run`): TREC, MS MARCO or score tsv."})
+    eval_queries: Optional[str] = field(default=None, metadata={
+        "help": "With --eval_run: its queries (BEIR jsonl or id<TAB>text)."})
+    eval_corpus: Optional[str] = field(default=None, metadata={
+        "help": "With --eval_run: its corpus (BEIR jsonl or id<TAB>text[<TAB>title])."})
+    eval_depth: Optional[int] = field(default=None, metadata={
+        "help": "With --eval_run: score each query's top K (None: all)."})
+    eval_qrels: Optional[str] = field(default=None, metadata={
+        "help": "Relevance judgments of the eval queries (TREC or BEIR tsv); goes with --eval_path or --eval_run."})
+    eval_steps: Optional[int] = field(default=None, metadata={
+        "help": "Evaluate every N optimizer steps, and at the end (None: --logging_steps)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Eval pairs per forward pass on each rank."})
+    metric_for_best_model: str = field(default="nDCG@10", metadata={
+        "help": "The ir_measures metric (higher is better) that picks the best checkpoint, kept from rotation."})
+    load_best_model_at_end: bool = field(default=False, metadata={
+        "help": "Export the best checkpoint's model instead of the last one (needs --save_steps a multiple of "
+                "--eval_steps)."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher."})
 
     def __post_init__(self):
@@ -132,6 +155,37 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be at most 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"--num_train_epochs must be above 0 (or give --max_steps), got {self.num_train_epochs}")
+        if self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        check_evaluation(self)
+
+
+def check_evaluation(args: TrainingArguments) -> None:
+    """The evaluation flags go together: one candidate form with its qrels, a known metric, save steps that land on
+    evaluations when the best model is exported."""
+    from .evaluation.evaluate import parse_metrics
+
+    if args.eval_path is not None and args.eval_run is not None:
+        raise ValueError("give --eval_path or --eval_run, not both")
+    if args.eval_ids is not None and args.eval_path is None:
+        raise ValueError("--eval_ids goes with --eval_path")
+    if args.eval_run is None and any(v is not None for v in (args.eval_queries, args.eval_corpus, args.eval_depth)):
+        raise ValueError("--eval_queries, --eval_corpus and --eval_depth go with --eval_run")
+    if args.eval_run is not None and (args.eval_queries is None or args.eval_corpus is None):
+        raise ValueError("--eval_run needs --eval_queries and --eval_corpus")
+    candidates = args.eval_path is not None or args.eval_run is not None
+    if candidates != (args.eval_qrels is not None):
+        raise ValueError("--eval_qrels and the eval candidates (--eval_path or --eval_run) go together")
+    if args.load_best_model_at_end and not candidates:
+        raise ValueError("--load_best_model_at_end needs evaluation: --eval_qrels with --eval_path or --eval_run")
+    at_least(args, ["eval_steps", "eval_depth", "per_device_eval_batch_size"], 1)
+    try:
+        parse_metrics([args.metric_for_best_model])
+    except ValueError as e:
+        raise ValueError(f"--metric_for_best_model: {e}") from None
+    if args.load_best_model_at_end and args.save_steps % args.eval_steps:
+        raise ValueError(f"--load_best_model_at_end needs --save_steps to be a round multiple of --eval_steps, "
+                         f"got {args.save_steps} and {args.eval_steps}")
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:

@@ -194,8 +194,9 @@ def test_a_resume_with_safe_changes_continues_and_says_so(data, tmp_path, caplog
     out = tmp_path / "out"
     assert _train(_argv(data, out, "--max_steps", "2")) == 0
     assert _train(_argv(data, out, "--max_steps", "2", "--resume_from_checkpoint", "latest", "--save_steps", "5",
-                        "--run_name", "again")) == 0
+                        "--run_name", "again", "--per_device_eval_batch_size", "8")) == 0
     assert "resuming with save_steps 2 -> 5 (allowed" in caplog.text and "run_name None -> 'again'" in caplog.text
+    assert "per_device_eval_batch_size 64 -> 8 (allowed" in caplog.text  # evaluation does not change the training
 
 
 def test_resume_latest_with_nothing_to_resume_starts_fresh_and_says_so(data, tmp_path, caplog):
@@ -213,6 +214,14 @@ def test_resume_latest_with_nothing_to_resume_starts_fresh_and_says_so(data, tmp
     (lambda out: None, ["--resume_from_checkpoint", "{tmp}/nowhere"],
      ["cannot resume from", "nowhere: no such checkpoint directory"]),
     (lambda out: None, ["--max_len", "4096"], ["--max_len: max_len 4096 exceeds the model's 128 positions"]),
+    (lambda out: None, ["--eval_path", "{tmp}/pairs.jsonl", "--eval_qrels", "{tmp}/qrels.tsv"],
+     ["pairs.jsonl: --eval_path: no such file"]),
+    (lambda out: out.parent.joinpath("pairs.jsonl").write_text('{"qid": "q", "pid": "p", "qry": "a", "psg": "b"}\n'),
+     ["--eval_path", "{tmp}/pairs.jsonl", "--eval_qrels", "{tmp}/qrels.tsv"],
+     ["qrels.tsv: --eval_qrels: no such file"]),
+    (lambda out: out.parent.joinpath("pairs.jsonl").write_text('{"qid": "q", "qry": "a", "psg": "b"}\n'),
+     ["--eval_path", "{tmp}/pairs.jsonl", "--eval_qrels", "{tmp}/pairs.jsonl"],
+     ["pairs.jsonl:1: field 'pid': missing"]),
     (lambda out: out.parent.joinpath("ds.json").write_text('{"zero_optimization": {"stage": 4}}'),
      ["--ds_config", "{tmp}/ds.json"], ["ds.json", "zero_optimization.stage", "must be 0, 1, 2 or 3, got 4"]),
 ])

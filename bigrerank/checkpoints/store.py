@@ -56,12 +56,12 @@ def weights_finite(engine) -> bool:
 
 
 def save(engine, root, step: int, client_state: dict, model_config, tokenizer, keep: int | None,
-         hf_files: dict[str, str] | None = None) -> Path:
+         hf_files: dict[str, str] | None = None, protect: str | None = None) -> Path:
     """Save a checkpoint of every rank; mark it complete and point `latest` at it only when all are done.
 
     `client_state` must be JSON-serialisable: the manifest records it, so a resume can compare settings
     before loading anything. `hf_files` ({name: text}) are written into the tag's `hf/` folder beside the
-    config and tokenizer.
+    config and tokenizer. Rotation spares the tag `protect` (the best checkpoint) as it spares `latest`.
     """
     root = Path(root)
     tag = tag_for(step)
@@ -89,7 +89,7 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
             json.dump(manifest, f, indent=1)
         with atomic_file(root / "latest") as f:
             f.write(tag)
-        rotate(root, keep)
+        rotate(root, keep, protect)
     distributed.barrier()
     return tag_dir
 
@@ -199,12 +199,15 @@ def load(engine, tag_dir: Path) -> dict:
     return client_state
 
 
-def rotate(root, keep: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond `keep` (never the one `latest` means)."""
+def rotate(root, keep: int | None, protect: str | None = None) -> None:
+    """Delete the oldest complete checkpoints beyond `keep`, never the one `latest` means nor `protect`; those two
+    count towards `keep` (as Hugging Face keeps the best: `keep` 1 may leave both)."""
     if not keep:
         return
     root = Path(root)
     newest = latest(root)
-    tags = [t for t in complete_tags(root) if newest is None or t != newest.name]
-    for tag in tags[:max(0, len(tags) - (keep - 1))]:
+    complete = complete_tags(root)
+    spared = {newest.name if newest else None, protect} & set(complete)
+    tags = [t for t in complete if t not in spared]
+    for tag in tags[:max(0, len(tags) - max(0, keep - len(spared)))]:
         shutil.rmtree(root / tag, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The training log: every --logging_steps optimizer steps one row to <output_dir>/train_log.jsonl (rank 0),
-mirrored to wandb when asked, and the tqdm bar."""
+mirrored to wandb when asked, and the tqdm bar. An evaluation's `eval_<metric>` keys join the step's row (a row
+of their own at a step that logs nothing else); its time is not counted in the throughput."""
 from __future__ import annotations
 
 import json
@@ -65,6 +66,7 @@ class Progress:
         self.bar = tqdm(total=total_steps, initial=step, desc="train", disable=not distributed.is_main(),
                         dynamic_ncols=True)
         self.module_norm: dict[int, float | None] = {}  # ZeRO-0: the gradient norm the update sees
+        self.postfix: dict[str, str] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -84,12 +86,25 @@ class Progress:
         self.pairs += micro.pairs
         self.tokens += micro.tokens
 
-    def step_done(self, engine, step: int) -> None:
+    def step_done(self, engine, step: int, evaluation=None) -> None:
+        """The step is done (and `evaluation`, a training.evaluation.Evaluation, taken after it, or None)."""
         self.bar.update(1)
+        extra = {}
+        if evaluation is not None:
+            self.start += evaluation.seconds
+            extra = evaluation.row()
+            self.postfix[f"eval_{evaluation.headline}"] = f"{evaluation.metrics[evaluation.headline]:.4f}"
         if self.due(step):
-            self._write(engine, step)
+            self._write(engine, step, extra)
+        elif extra:
+            self._log({"step": step, "epoch": round(step / self.steps_per_epoch, 4), **extra})
 
-    def _write(self, engine, step: int) -> None:
+    def _log(self, row: dict) -> None:
+        if self.train_log:
+            self.train_log.write(row)
+            self.bar.set_postfix(self.postfix)
+
+    def _write(self, engine, step: int, extra: dict) -> None:
         norm, own_norm = engine.get_global_grad_norm(), self.module_norm.pop(step, None)
         norm = own_norm if norm is None else float(norm)
         pairs, tokens = distributed.all_reduce([self.pairs, self.tokens])
@@ -99,9 +114,8 @@ class Progress:
                "tokens_per_s": tokens / elapsed, "skipped_steps": engine.skipped_steps}
         if self.args.fp16:  # dynamic loss scaling: the current scale
             row["loss_scale"] = float(engine.optimizer.cur_scale)
-        if self.train_log:
-            self.train_log.write(row)
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+        self.postfix.update(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+        self._log({**row, **extra})
         self._reset()
 
     def close(self) -> None:

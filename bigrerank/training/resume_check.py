@@ -12,7 +12,9 @@ or `NOT_COMPARED` is refused when it differs, because it breaks the exact resume
   them), AdamW (`weight_decay`, `adam_beta1/2`, `adam_epsilon`),
   `max_grad_norm`, precision (`bf16`, `fp16`) and the DeepSpeed engine (`zero_stage`, `offload_optimizer`,
   `offload_param`, `optimizer`: the config's optimizer type; its other values come from the arguments).
-Settings that only change what is logged, saved or waited for are allowed, with a warning (`MAY_CHANGE`).
+Settings that only change what is logged, saved or waited for are allowed, with a warning (`MAY_CHANGE`); so
+are the evaluation settings (`EVAL_SETTINGS`): evaluation leaves the training unchanged. A best checkpoint
+recorded under other eval inputs or another metric is not carried over (checkpoints/best.py).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from ..errors import InputError
 from .ds_config import warmup_steps
 
 log = logging.getLogger(__name__)
+EVAL_SETTINGS = ("eval_path", "eval_ids", "eval_run", "eval_queries", "eval_corpus", "eval_depth", "eval_qrels",
+                 "eval_steps", "per_device_eval_batch_size", "metric_for_best_model", "load_best_model_at_end")
 MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
-                        "run_name", "max_nonfinite_steps", "ddp_timeout"})
+                        "run_name", "max_nonfinite_steps", "ddp_timeout", *EVAL_SETTINGS})
 NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",
                           "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio"})  # as the schedule
 

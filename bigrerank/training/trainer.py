@@ -16,12 +16,13 @@ import torch
 
 from .. import distributed, lora, losses, scoring
 from ..checkpoints import store
+from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..errors import InputError
 from ..model import load_config, load_reranker, load_tokenizer
 from ..planning import command as memory_plan
-from . import ds_config, resume_check, run_dir, skip_non_finite
+from . import ds_config, evaluation, resume_check, run_dir, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
 from .preemption import PREEMPTED_EXIT_CODE, Preemption
 from .progress import Progress, TrainLog, start_wandb
@@ -82,12 +83,14 @@ class Run:
     total_steps: int
     resume_dir: Path | None         # the checkpoint to resume from (checked against this run's settings)
     recorded: dict                 # this run's settings, saved in every checkpoint for resume checks
+    eval_set: evaluation.EvalSet | None = None  # the candidates and qrels of evaluation while training
 
 
 @dataclass
 class TrainResult:
-    """What `train` leaves: the live engine (for callers that score), its last step, and whether a preemption
-    signal ended it early (a checkpoint written, nothing exported: `main` exits 75 for a requeue)."""
+    """What `train` leaves: the live engine (for callers that score; the last step's weights, also with
+    --load_best_model_at_end), its last step, and whether a preemption signal ended it early (a checkpoint
+    written, nothing exported: `main` exits 75 for a requeue)."""
 
     engine: object
     step: int
@@ -110,6 +113,7 @@ def prepare(model_args, data_args, args) -> Run:
     lora.check_targets(model_args, model_config)
     memory_plan.check_training(model_args, data_args, args, raw_config, model_config)  # before the model loads
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
+    eval_set = evaluation.read_eval_set(args, len(tokenizer))
     distributed.init(args.ddp_timeout)
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
     with_teacher = losses.LOSSES[args.loss].needs_teacher
@@ -126,7 +130,8 @@ def prepare(model_args, data_args, args) -> Run:
     source = MicroBatchSource(sampler, scoring.make_encoder(tokenizer, data_args.max_len, contract), shard,
                               args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
                               with_teacher, engine.device)
-    return Run(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir, recorded)
+    return Run(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir, recorded,
+               eval_set)
 
 
 def training_info(model_args, data_args, args, run: Run) -> dict:
@@ -142,10 +147,11 @@ def training_info(model_args, data_args, args, run: Run) -> dict:
 
 
 class Checkpoints:
-    """This run's checkpoints under <output_dir>/checkpoints: resume from one, save one with the training info."""
+    """This run's checkpoints under <output_dir>/checkpoints: resume from one, save one with the training info (and,
+    with evaluation, the best checkpoint's record), pick the one to export."""
 
-    def __init__(self, run: Run, data_args, args, info: dict):
-        self.run, self.data_args, self.args, self.info = run, data_args, args, info
+    def __init__(self, run: Run, data_args, args, info: dict, best: BestCheckpoint | None = None):
+        self.run, self.data_args, self.args, self.info, self.best = run, data_args, args, info, best
         self.root = Path(args.output_dir) / "checkpoints"
 
     def resume(self) -> int:
@@ -158,13 +164,33 @@ class Checkpoints:
         return step
 
     def save(self, step: int) -> Path:
-        client = {"step": step, **self.run.recorded}
+        client, info = {"step": step, **self.run.recorded}, {**self.info, "step": step}
+        if self.best is not None:
+            client[CLIENT_KEY] = self.best.checkpointed(step)
+            metrics = self.best.metrics_at(step)
+            if metrics:  # the evaluation at this step, carried into the export's TRAINING_INFO
+                info["eval"] = metrics
         engine = self.run.engine
         return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
                           self.args.save_total_limit,
-                          hf_files={TRAINING_INFO: json.dumps({**self.info, "step": step}, indent=1),
+                          hf_files={TRAINING_INFO: json.dumps(info, indent=1),
                                     scoring.CONTRACT_FILE: self.run.contract.to_json(),
-                                    **lora.checkpoint_files(engine.module)})
+                                    **lora.checkpoint_files(engine.module)},
+                          protect=self.best.tag if self.best is not None else None)
+
+    def to_export(self, final: Path) -> Path:
+        """The checkpoint the run exports: the final one, or with --load_best_model_at_end the best one."""
+        if not self.args.load_best_model_at_end or self.best is None or self.best.step is None:
+            return final
+        best_dir = self.root / self.best.tag
+        reason = store.incomplete_reason(best_dir) if best_dir.is_dir() else "it is gone"
+        if reason:
+            log.warning("--load_best_model_at_end: the best checkpoint %s cannot be exported (%s): exporting the "
+                        "last one, %s", best_dir, reason, final.name)
+            return final
+        log.info("--load_best_model_at_end: exporting the best checkpoint, step %d (%s %.6g)", self.best.step,
+                 self.best.metric, self.best.value)
+        return best_dir
 
 
 class NonFiniteSteps:
@@ -207,7 +233,9 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
     run = prepare(model_args, data_args, args)
     engine, total_steps, accum = run.engine, run.total_steps, args.gradient_accumulation_steps
     info = training_info(model_args, data_args, args, run)
-    checkpoints = Checkpoints(run, data_args, args, info)
+    evaluator = (evaluation.Evaluator(run.eval_set, run.source.encoder, args, total_steps, run.resume_dir)
+                 if run.eval_set is not None else None)
+    checkpoints = Checkpoints(run, data_args, args, info, evaluator.best if evaluator else None)
     step = checkpoints.resume()
     run_dir.clear_previous(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -231,7 +259,7 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
                     progress.add(micro, result)
             step += 1
             nonfinite.record(step, step_finite)
-            progress.step_done(engine, step)
+            progress.step_done(engine, step, evaluator.maybe_evaluate(engine, step) if evaluator else None)
 
             if preemption.any_rank() and step < total_steps:
                 checkpoints.save(step)
@@ -244,7 +272,7 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
 
         final = checkpoints.save(step)
         if distributed.is_main():
-            consolidate(final, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
+            consolidate(checkpoints.to_export(final), Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
                         adapter_only=model_args.adapter_only)
             if train_log is not None:
                 train_log.finish()
