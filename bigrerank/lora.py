@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .scoring import AnswerHead
 
 ADAPTER_CONFIG = "adapter_config.json"
 SEQ_CLS, CAUSAL_LM = "SEQ_CLS", "CAUSAL_LM"  # peft task types: classifier head, yes_no head
@@ -64,9 +63,9 @@ def check_targets(model_args, model_config) -> None:
 
 
 def task_type(model) -> str:
-    """CAUSAL_LM for a yes_no model (nothing but the adapters trains), else SEQ_CLS (peft trains the head,
-    `classifier` or `score`, in full)."""
-    return CAUSAL_LM if isinstance(model.get_output_embeddings(), AnswerHead) else SEQ_CLS
+    """CAUSAL_LM for a model with an LM head (the yes_no contract's causal LM, its head cut to the answer rows or
+    not): nothing but the adapters trains; else SEQ_CLS: peft trains the head (`classifier` or `score`) in full."""
+    return CAUSAL_LM if model.get_output_embeddings() is not None else SEQ_CLS
 
 
 def lora_config(model, model_args):

@@ -21,9 +21,9 @@ def reference_state(model_dir, train_path, *, lora: dict | None = None, **kwargs
     """Weights after `steps` optimizer steps of plain full-group training on the trainer's query order,
     and each step's gradients (before clipping) of the trained parameters.
 
-    lora: peft LoraConfig arguments (r, lora_alpha, target_modules; task_type SEQ_CLS unless given); the adapters are drawn right after
-    seeding with `seed`, and the returned weights are the adapters merged into the base. Other keywords: those
-    of `_reference_state`."""
+    lora: peft LoraConfig arguments (r, lora_alpha, target_modules; task_type SEQ_CLS unless given); the adapters
+    are drawn right after seeding with `seed`, and the returned weights are the adapters merged into the base.
+    Other keywords: those of `_reference_state`."""
     return _reference_state(model_dir, train_path, lora=json.dumps(lora, sort_keys=True) if lora else None, **kwargs)
 
 

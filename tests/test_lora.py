@@ -1,13 +1,16 @@
 """LoRA (peft) and gradient checkpointing: exact against an independent plain PyTorch + peft reference, on tiny
-BERT, Qwen3 and Llama rerankers, under every ZeRO stage, plain and cached, local and collaborative, 1 and 2 ranks.
+BERT, Qwen3 and Llama rerankers (decoders with both score heads), under every ZeRO stage, plain and cached, local and
+collaborative, 1 and 2 ranks.
 
 The covering matrix below puts every value of every factor ({full, LoRA} x {checkpointing off, on} x {plain,
 cached K=4} x {local, collaborative} x {BERT, Qwen3, Llama}) on 2 ranks under ZeRO-3, and ZeRO 0 and 2 and one
-rank beside it; accumulation 2 once. Tolerances are the encoder matrix's (tests/test_exactness.py): each step's
-reduced gradient of the trained parameters within 1e-5 relative (global) and 1e-4 per tensor, the exported
-(merged) weights within 1e-5 and their update from the initial weights within 5e-5 (measured: gradients
-<= 6.1e-7 global, <= 6.6e-5 per tensor; weights <= 6.2e-9, updates <= 8.6e-6). The reference never checkpoints:
-a checkpointed run equals a plain backward.
+rank beside it; accumulation 2 once. The yes_no head with LoRA (only the adapters train; the answer rows of the LM
+head stay frozen) has {plain, cached} x {local, collaborative} under ZeRO-3 on 2 ranks, tied (Qwen3) and untied
+(Llama) embeddings, and ZeRO 0 and 2; its reference is peft's CAUSAL_LM model on the full-vocabulary causal LM.
+Tolerances are the encoder matrix's (tests/test_exactness.py): each step's reduced gradient of the trained
+parameters within 1e-5 relative (global) and 1e-4 per tensor, the exported (merged) weights within 1e-5 and their
+update from the initial weights within 5e-5 (measured: gradients <= 1.2e-6 global, <= 6.6e-5 per tensor; weights
+<= 6.2e-9, updates <= 8.6e-6). The reference never checkpoints: a checkpointed run equals a plain backward.
 """
 from __future__ import annotations
 
