@@ -9,13 +9,12 @@ from tests.test_training import assert_resumed_exactly, straight_and_resumed
 from tests.tiny import write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 
-LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.1"]
+LORA, CACHED = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.1"], ["--grad_cache_chunk_size", "3"]
 # name: (arch, score head, ZeRO config, flags); Qwen3 has tied embeddings, Llama untied
-CASES = {"qwen3-yes_no-lora-zero3": ("qwen3", "yes_no", "zero3", [*LORA, "--gradient_checkpointing", "--collaborative",
-                                                                  "--grad_cache_chunk_size", "3"]),
-         "llama-classifier-lora-zero3": ("llama", "classifier", "zero3", [*LORA, "--grad_cache_chunk_size", "3"]),
-         "llama-yes_no-full-zero2": ("llama", "yes_no", "zero2", ["--gradient_checkpointing", "--grad_cache_chunk_size",
-                                                                  "3"])}
+CASES = {"qwen3-yes_no-lora-zero3": ("qwen3", "yes_no", "zero3", [*LORA, *CACHED, "--gradient_checkpointing",
+                                                                  "--collaborative"]),
+         "llama-classifier-lora-zero3": ("llama", "classifier", "zero3", [*LORA, *CACHED]),
+         "llama-yes_no-full-zero2": ("llama", "yes_no", "zero2", [*CACHED, "--gradient_checkpointing"])}
 
 
 def _argv(model, train, head, config, flags, out, *extra):
