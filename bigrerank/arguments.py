@@ -26,14 +26,17 @@ class ModelArguments:
                 "default: the model's bigrerank_scoring.json, else classifier, or yes_no for a causal-LM checkpoint"})
     keep_causal_lm: bool = field(default=False, metadata={
         "help": "Export a yes_no model as the causal LM (default: as a sequence classifier of the same architecture)"})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 = full fine-tuning."})
+    lora_r: int = field(default=0, metadata={
+        "help": "LoRA rank (peft); 0 = full fine-tuning. The adapters train, and a classifier's head in full "
+                "(yes_no: the adapters alone; the LM head's answer rows stay frozen)."})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
     lora_target_modules: Optional[list[str]] = field(default=None, metadata={
         "help": "Module names (or dotted suffixes) that get adapters; default: every linear projection of the "
                 "attention and MLP blocks."})
     adapter_only: bool = field(default=False, metadata={
-        "help": "LoRA: export the peft adapter (with the trained head) instead of the merged model."})
+        "help": "LoRA: export the peft adapter (with a classifier's trained head; a yes_no adapter, for "
+                "AutoModelForCausalLM, has none) instead of the merged model."})
 
     def __post_init__(self):
         from .errors import InputError

@@ -1,11 +1,13 @@
 """LoRA adapters (peft) and gradient checkpointing on the reranker's backbone, and a LoRA checkpoint's export.
 
 With `--lora_r R` the engine trains a peft model: low-rank adapters on every linear projection of the
-attention and MLP blocks (or `--lora_target_modules`), the classification head trained in full
-(`modules_to_save`), everything else frozen. Checkpoints therefore hold peft's keys
-(`base_model.model.…`, `…lora_A.default.weight`) beside the `adapter_config.json` in their `hf/` folder;
-`export_state` / `trained_peft_model` are the one place that turns such a state dict back into a plain
-Hugging Face one (adapters merged) or into the adapter itself.
+attention and MLP blocks (or `--lora_target_modules`), everything else frozen but the head of a `classifier`
+contract, trained in full (`modules_to_save`, peft's SEQ_CLS task). A `yes_no` model is peft's CAUSAL_LM task:
+only the adapters train; the answer rows of the LM head stay frozen (with tied embeddings they are embedding
+rows), as in FlagEmbedding's and Qwen3-Reranker's LoRA recipes. Checkpoints hold peft's keys
+(`base_model.model.…`, `…lora_A.default.weight`) beside the `adapter_config.json` in their `hf/` folder (its
+`task_type` says which model class the adapter goes on); `export_state` / `trained_peft_model` are the one place
+that turns such a state dict back into a plain Hugging Face one (adapters merged) or into the adapter itself.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from .errors import InputError
 
 ADAPTER_CONFIG = "adapter_config.json"
+SEQ_CLS, CAUSAL_LM = "SEQ_CLS", "CAUSAL_LM"  # peft task types: classifier head, yes_no head
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -59,13 +62,18 @@ def check_targets(model_args, model_config) -> None:
                              f"{', '.join(block_projections(model))})")
 
 
+def task_type(model) -> str:
+    """CAUSAL_LM for a model with an LM head (the yes_no contract's causal LM, its head cut to the answer rows or
+    not): nothing but the adapters trains; else SEQ_CLS: peft trains the head (`classifier` or `score`) in full."""
+    return CAUSAL_LM if model.get_output_embeddings() is not None else SEQ_CLS
+
+
 def lora_config(model, model_args):
     from peft import LoraConfig
 
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model_args.lora_target_modules or block_projections(model),
-                      task_type="SEQ_CLS",  # peft then trains the head (`classifier` or `score`) in full
-                      base_model_name_or_path=model_args.model_name_or_path)
+                      task_type=task_type(model), base_model_name_or_path=model_args.model_name_or_path)
 
 
 def prepare(model, model_args, gradient_checkpointing: bool, seed: int):
@@ -98,13 +106,15 @@ def is_lora(hf_dir) -> bool:
 
 
 def trained_peft_model(config, hf_dir, state_dict: dict):
-    """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied)."""
+    """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied): a causal LM with its
+    full LM head for a yes_no adapter (CAUSAL_LM), else a sequence classifier."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     peft_config = LoraConfig.from_pretrained(str(hf_dir))
+    auto = AutoModelForCausalLM if peft_config.task_type == CAUSAL_LM else AutoModelForSequenceClassification
     with torch.device("meta"):
-        base = AutoModelForSequenceClassification.from_config(config)
+        base = auto.from_config(config)
         base.name_or_path = peft_config.base_model_name_or_path  # the base it was trained from, not this folder
         model = get_peft_model(base, peft_config)
     model.load_state_dict(state_dict, strict=False, assign=True)

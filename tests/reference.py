@@ -7,12 +7,13 @@ import json
 
 import torch
 from deepspeed.runtime.lr_schedules import WarmupDecayLR
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bigrerank import scoring
 from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.losses import LOSSES
-from bigrerank.model import load_reranker
+from bigrerank.model import load_config, load_reranker, load_tokenizer
 from bigrerank.training.trainer import param_groups
 
 
@@ -20,9 +21,9 @@ def reference_state(model_dir, train_path, *, lora: dict | None = None, **kwargs
     """Weights after `steps` optimizer steps of plain full-group training on the trainer's query order,
     and each step's gradients (before clipping) of the trained parameters.
 
-    lora: peft LoraConfig arguments (r, lora_alpha, target_modules); the adapters are drawn right after
-    seeding with `seed`, and the returned weights are the adapters merged into the base. Other keywords: those
-    of `_reference_state`."""
+    lora: peft LoraConfig arguments (r, lora_alpha, target_modules; task_type SEQ_CLS unless given); the adapters
+    are drawn right after seeding with `seed`, and the returned weights are the adapters merged into the base.
+    Other keywords: those of `_reference_state`."""
     return _reference_state(model_dir, train_path, lora=json.dumps(lora, sort_keys=True) if lora else None, **kwargs)
 
 
@@ -41,7 +42,7 @@ def _reference_state(model_dir, train_path, *, steps: int, queries_per_micro: in
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(seed)
-        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", lora_dropout=0.0, **json.loads(lora)))
+        model = get_peft_model(model, LoraConfig(**{"task_type": "SEQ_CLS", "lora_dropout": 0.0, **json.loads(lora)}))
     dataset = load_groups(train_path, len(tokenizer), group_size)
     sampler = GroupSampler(dataset, group_size, seed)
     encoder = encoder or PairEncoder(tokenizer, max_len)
@@ -73,6 +74,23 @@ def _reference_state(model_dir, train_path, *, steps: int, queries_per_micro: in
     if lora:
         model = model.merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, gradients
+
+
+def yes_no_reference(model_dir, max_len: int) -> dict:
+    """`model`, `encoder` and `score` keywords of a yes_no reference: the plain `AutoModelForCausalLM` and its
+    full-vocabulary logits[:, last, yes] - [..., no] (the reference does not share the answer head it checks)."""
+    tokenizer, config = load_tokenizer(str(model_dir)), load_config(str(model_dir))
+    contract = scoring.resolve(str(model_dir), config, tokenizer, "yes_no")
+    yes, no = contract.yes_token_id, contract.no_token_id
+
+    def score(net, batch):
+        logits = net(**batch).logits  # (pairs, positions, vocab)
+        last = batch["attention_mask"].sum(-1) - 1
+        at_last = logits[torch.arange(len(last)), last]
+        return at_last[:, yes] - at_last[:, no]
+
+    return {"model": AutoModelForCausalLM.from_pretrained(model_dir), "score": score,
+            "encoder": scoring.make_encoder(tokenizer, max_len, contract)}
 
 
 def relative_difference(run: dict, reference: dict) -> tuple[float, float]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from bigrerank import scoring
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_jobs
-from tests.reference import reference_state, relative_difference, update_difference
+from tests.reference import reference_state, relative_difference, update_difference, yes_no_reference
 from tests.tiny import with_teacher_scores, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 
@@ -68,23 +68,15 @@ def _argv(model, data, out, head, chunk, collab, stage):
 
 
 def _reference(model_dir, head, data, queries):
-    tokenizer, config = load_tokenizer(str(model_dir)), load_config(str(model_dir))
-    contract = scoring.resolve(str(model_dir), config, tokenizer, head)
-    encoder = scoring.make_encoder(tokenizer, MAX_LEN, contract)
     if head == "yes_no":
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        yes, no = contract.yes_token_id, contract.no_token_id
-
-        def score(net, batch):
-            logits = net(**batch).logits  # (pairs, positions, vocab): the plain full head
-            last = batch["attention_mask"].sum(-1) - 1
-            at_last = logits[torch.arange(len(last)), last]
-            return at_last[:, yes] - at_last[:, no]
+        parts = yes_no_reference(model_dir, MAX_LEN)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        score = None
+        tokenizer = load_tokenizer(str(model_dir))
+        contract = scoring.resolve(str(model_dir), load_config(str(model_dir)), tokenizer, head)
+        parts = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
+                 "encoder": scoring.make_encoder(tokenizer, MAX_LEN, contract)}
     return reference_state(model_dir, data, steps=STEPS, queries_per_micro=queries, accum=1, group_size=GROUP,
-                           lr=1e-3, max_len=MAX_LEN, model=model, encoder=encoder, score=score)
+                           lr=1e-3, max_len=MAX_LEN, **parts)
 
 
 def _final_weights(run, head, reference: dict, arch_tied: bool) -> tuple[dict, dict]:

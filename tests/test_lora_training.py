@@ -3,7 +3,6 @@ engine, a checkpointed cached step replays dropout, resume is bit-exact, every s
 LoRA flags stop before any process group starts."""
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +18,9 @@ from bigrerank.rng import RngState
 from bigrerank.training.batches import MicroBatch
 from bigrerank.training.steps import micro_batch_step
 from tests.dist_harness import run_jobs, run_ranks
-from tests.test_training import CONFIGS, _losses
+from tests.test_training import CONFIGS, _losses, assert_resumed_exactly, straight_and_resumed
 from tests.tiny import tiny_model_dir, tiny_tokenizer, write_groups
+from tests.tiny_decoder import tiny_decoder_dir
 from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
 
 PAIRS = [("weather in new york", "it is cold today in new york and the code is new"), ("python code", "the code")]
@@ -146,29 +146,29 @@ def test_lora_resume_is_exact(tmp_path, world, config):
     """6 steps straight == 3 steps, checkpoint, resume, 3 steps: LoRA with dropout, checkpointing, gradient cache."""
     model = tiny_model_dir(tmp_path / "model", dropout=0.1, init_range=0.2)
     train = write_groups(tmp_path / "groups.jsonl", queries=32)
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     extra = ["--lora_dropout", "0.1", "--gradient_checkpointing", "--grad_cache_chunk_size", "3"]
-    run_jobs(world, [_argv(model, train, straight, config, "--max_steps", "6", "--save_steps", "3", *extra)])
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
-    run_jobs(world, [_argv(model, train, resumed, config, "--max_steps", "6", "--resume_from_checkpoint", "latest",
-                           *extra)])
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _losses(straight)[3:] == _losses(resumed)[-3:]
+
+    def argv(out, *flags):
+        return _argv(model, train, out, config, *extra, *flags)
+
+    assert_resumed_exactly(*straight_and_resumed(tmp_path, {config: (world, argv)})[config])
 
 
 def test_lora_trains_on_every_config(tmp_path):
     """Two ranks, collaborative, cached, checkpointed, accumulation 2: ZeRO-1, ZeRO-2 and ZeRO-3 offload in fp32,
-    ZeRO-0, ZeRO-3 and both offload configs in bf16 (every shipped config at least once)."""
+    ZeRO-0, ZeRO-3 and both offload configs in bf16 (every shipped config at least once), and a yes_no decoder
+    (Qwen3, tied embeddings; only the adapters train) on ZeRO-3 in bf16: one dtype in every partition."""
     model, train = tiny_model_dir(tmp_path / "model", init_range=0.2), write_groups(tmp_path / "g.jsonl", queries=32)
     modes = [("zero1", "fp32"), ("zero2", "fp32"), ("zero3_offload", "fp32"), ("zero0", "bf16"), ("zero3", "bf16"),
              ("zero2_offload", "bf16"), ("zero3_offload", "bf16")]
     assert {config for config, _ in modes} == set(CONFIGS)
-    runs = {f"{c}-{p}": _argv(model, train, tmp_path / f"{c}-{p}", c, "--max_steps", "10", "--collaborative",
-                              "--grad_cache_chunk_size", "3", "--gradient_checkpointing",
-                              "--gradient_accumulation_steps", "2", *(["--bf16"] if p == "bf16" else []))
+    flags = ["--max_steps", "10", "--collaborative", "--grad_cache_chunk_size", "3", "--gradient_checkpointing",
+             "--gradient_accumulation_steps", "2"]
+    runs = {f"{c}-{p}": _argv(model, train, tmp_path / f"{c}-{p}", c, *flags, *(["--bf16"] if p == "bf16" else []))
             for c, p in modes}
+    decoder = tiny_decoder_dir(tmp_path / "qwen3", "qwen3", init_range=0.2)
+    runs["yes_no-zero3-bf16"] = _argv(decoder, train, tmp_path / "yes_no-zero3-bf16", "zero3", *flags, "--bf16",
+                                      "--score_head", "yes_no", "--max_len", "192")
     run_jobs(2, list(runs.values()))
     for name in runs:
         losses = _losses(tmp_path / name)

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from bigrerank import cli
@@ -53,37 +54,51 @@ def test_loss_goes_down_on_every_config(data, world):
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
+def straight_and_resumed(tmp, cases: dict, steps: int = 6) -> dict:
+    """{name: (straight, resumed) output dirs} for cases {name: (world, argv(output_dir, *flags))}: `steps` steps
+    straight with a checkpoint half-way, then the second half again from a copy of that checkpoint. The ranks are
+    shared: one start per world size for the straight runs and one for the resumed runs, rather than two per case."""
+    half = steps // 2
+    dirs = {name: (tmp / name / "straight", tmp / name / "resumed") for name in cases}
+    worlds = sorted({world for world, _ in cases.values()})
+    for world in worlds:
+        run_jobs(world, [argv(dirs[name][0], "--max_steps", str(steps), "--save_steps", str(half))
+                         for name, (w, argv) in cases.items() if w == world])
+    for straight, resumed in dirs.values():
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(straight / "checkpoints" / f"step-{half}", resumed / "checkpoints" / f"step-{half}")
+    for world in worlds:
+        run_jobs(world, [argv(dirs[name][1], "--max_steps", str(steps), "--resume_from_checkpoint", "latest")
+                         for name, (w, argv) in cases.items() if w == world])
+    return dirs
+
+
+def assert_resumed_exactly(straight, resumed, steps: int = 6) -> None:
+    """Bit-exact final weights and the second half's losses identical."""
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), relative_difference(b, a)
+    assert _losses(straight)[steps // 2:] == _losses(resumed)[-(steps // 2):]
+
+
 RESUME_CASES = [(1, "zero0"), (1, "zero2"), (2, "zero3"), (1, "zero2_offload"), (2, "zero3_offload")]
 
 
 @pytest.fixture(scope="module")
 def resumed_runs(tmp_path_factory):
-    """{(world, config): (straight, resumed) output dirs} for every resume case. The ranks are shared: one start
-    per world size for the straight runs and one for the resumed runs, rather than two per case."""
+    """{(world, config): (straight, resumed) output dirs} for every resume case."""
     tmp = tmp_path_factory.mktemp("resume")
     model = tiny_model_dir(tmp / "model", dropout=0.1, init_range=0.2)
     train = write_groups(tmp / "groups.jsonl", queries=32)
-    runs = {(world, config): (tmp / f"w{world}-{config}" / "straight", tmp / f"w{world}-{config}" / "resumed")
-            for world, config in RESUME_CASES}
-    for world in (1, 2):
-        run_jobs(world, [_argv(model, train, straight, config, "--max_steps", "6", "--save_steps", "3")
-                         for (w, config), (straight, _) in runs.items() if w == world])
-    for straight, resumed in runs.values():
-        (resumed / "checkpoints").mkdir(parents=True)
-        shutil.copytree(straight / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
-    for world in (1, 2):
-        run_jobs(world, [_argv(model, train, resumed, config, "--max_steps", "6", "--resume_from_checkpoint", "latest")
-                         for (w, config), (_, resumed) in runs.items() if w == world])
-    return runs
+    cases = {f"w{world}-{config}": (world, lambda out, *flags, config=config: _argv(model, train, out, config, *flags))
+             for world, config in RESUME_CASES}
+    runs = straight_and_resumed(tmp, cases)
+    return {(world, config): runs[f"w{world}-{config}"] for world, config in RESUME_CASES}
 
 
 @pytest.mark.parametrize("world,config", RESUME_CASES)
 def test_resume_is_exact(resumed_runs, world, config):
     """6 steps straight == 3 steps, checkpoint, resume, 3 steps (fp32, dropout on: the RNG is restored too)."""
-    straight, resumed = resumed_runs[(world, config)]
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all((a[k] == b[k]).all() for k in a), relative_difference(b, a)
-    assert _losses(straight)[3:] == _losses(resumed)[-3:]
+    assert_resumed_exactly(*resumed_runs[(world, config)])
 
 
 @pytest.mark.parametrize("broken,expected", [

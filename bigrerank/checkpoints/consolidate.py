@@ -5,8 +5,9 @@ weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole wei
 directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
 directory (config.json with num_labels=1, model.safetensors — sharded when large —, tokenizer files,
 README.md model card) is built in a temporary folder and moved into place complete.
-A LoRA checkpoint is exported merged into its base, or with `adapter_only` as the peft adapter (adapter_config.json
-naming the base, adapter_model.safetensors with the adapters and the trained head).
+A LoRA checkpoint is exported merged into its base (a yes_no model then converted to a classifier, unless
+`keep_causal_lm`), or with `adapter_only` as the peft adapter (adapter_config.json naming the base and its task,
+SEQ_CLS or CAUSAL_LM for yes_no; adapter_model.safetensors with the adapters and a classifier's trained head).
 """
 from __future__ import annotations
 
@@ -148,7 +149,8 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
 
 
 def write_adapter_dir(peft_model, tokenizer, out_dir, info: dict, contract: ScoringContract | None = None) -> Path:
-    """Write the peft adapter (its config naming the base model) with the trained head, and the tokenizer."""
+    """Write the peft adapter (its config naming the base model) with a classifier's trained head, the tokenizer and
+    the scoring contract."""
     peft_model.peft_config["default"].base_model_name_or_path = info.get("base_model")
     return _build_dir(Path(out_dir), tokenizer, info, None, peft_model.save_pretrained, contract)
 
@@ -241,7 +243,7 @@ class ConsolidateArguments:
     keep_causal_lm: bool = field(default=False, metadata={
         "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
     adapter_only: bool = field(default=False, metadata={
-        "help": "LoRA: export the peft adapter and the trained head instead of the merged model"})
+        "help": "LoRA: export the peft adapter (and a classifier's trained head) instead of the merged model"})
 
 
 def main(argv: list[str] | None = None) -> int:
