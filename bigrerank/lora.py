@@ -44,17 +44,20 @@ def block_projections(model: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def check_targets(model_args, model_config) -> None:
-    """Refuse LoRA flags that cannot work, before any process group starts (the model is built on `meta`)."""
+def check_targets(model_args, model_config, score_head: str = "classifier") -> None:
+    """Refuse LoRA flags that cannot work, before any process group starts: the model the contract trains (a
+    sequence classifier, or the causal LM of `yes_no`, whose LM head is not a target) is built on `meta`."""
     if model_args.lora_r == 0:
         if model_args.lora_target_modules:
             raise InputError("--lora_target_modules", "needs --lora_r > 0 (0 means full fine-tuning)")
         return
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    auto = AutoModelForCausalLM if score_head == "yes_no" else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(model_config)
-    names = [name for name, _ in model.named_modules()]
+        model = auto.from_config(model_config)
+    head = model.get_output_embeddings() if score_head == "yes_no" else None
+    names = [name for name, module in model.named_modules() if module is not head]
     for target in model_args.lora_target_modules or []:
         if not any(name == target or name.endswith("." + target) for name in names):
             raise InputError(model_args.model_name_or_path,

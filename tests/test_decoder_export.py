@@ -136,10 +136,9 @@ def test_keep_causal_lm_keeps_the_generative_form_and_its_contract(trained, vari
     assert reranker.full_forward_reason is not None  # never the encoder fast path
     scores = torch.tensor(reranker.score(QUERIES, PASSAGES, batch_size=3))
     assert torch.allclose(scores, live, atol=1e-5), (scores, live)
-    if variant == "lora":  # the bf16 path is the same whatever trained the weights: checked once
-        return
     bf16 = RerankerForInference.from_pretrained(causal, device="cpu", precision="bf16").score(QUERIES, PASSAGES)
-    assert torch.allclose(torch.tensor(bf16), scores, atol=0.05)
+    scale = max(1.0, scores.abs().max().item())  # bf16 keeps ~3 significant digits: the tolerance scales with scores
+    assert torch.allclose(torch.tensor(bf16), scores, atol=0.05 * scale), (bf16, scores)
 
 
 def _pairs_file(path):

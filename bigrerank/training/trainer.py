@@ -107,7 +107,7 @@ def prepare(model_args, data_args, args) -> Run:
                                data_args.template, data_args.instruction, data_args.max_len)
     if contract.score_head == "yes_no" and model_args.head_init_std is not None:
         raise InputError("--head_init_std", "re-draws a classification head; the yes_no head has none")
-    lora.check_targets(model_args, model_config)
+    lora.check_targets(model_args, model_config, contract.score_head)
     memory_plan.check_training(model_args, data_args, args, raw_config, model_config)  # before the model loads
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     eval_set = evaluation.read_eval_set(args, len(tokenizer))
