@@ -13,7 +13,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig, LlamaCo
 from bigrerank import cli
 from bigrerank.errors import InputError
 from bigrerank.planning import activations, command
-from bigrerank.planning.estimate import Hardware, Setup, estimate, freed_while_loading, loading_peak, model_states
+from bigrerank.planning.estimate import (Hardware, Setup, estimate, freed_lora_temporaries, freed_while_loading,
+                                         heap_free, loading_peak, model_states)
 from bigrerank.planning.shape import ModelShape, model_shape
 from bigrerank.planning.sizes import parse_size
 from tests.tiny import tiny_model_dir
@@ -59,6 +60,14 @@ def test_model_states_by_hand():
     # partition 1000/4 plus the two 50-element persistent tensors kept whole (100 * 3/4 more), in bf16
     assert host == {"parameters": 2 * (250 + 75), "optimizer_states": 4000}
     assert device == {"gradients": 500, "zero3_live_parameters": 2 * (300 + 10 + 300), "communication_buckets": 2000}
+    # ZeRO-2 optimizer offload: the host holds a 16-bit copy of the 250-element partition and a host gradient
+    # staging buffer of the largest trainable tensor (600), the device the other staging buffer
+    zero2_offload = {"zero_optimization": {"stage": 2, "reduce_bucket_size": 100,
+                                           "offload_optimizer": {"device": "cpu"}}}
+    device, host = model_states(setup(ds=zero2_offload, half_precision=True), gpus)
+    assert host == {"optimizer_states": 4000, "cpu_offload_buffers": 2 * 250 + 2 * 600}
+    assert device == {"parameters": 2000, "gradients": 500 + 500, "communication_buckets": 200,
+                      "offload_gradient_staging": 2 * 600}
     # LoRA: only trainable parameters have gradients and states; fp32 ZeRO-0 steps the weights themselves
     lora = setup(shape=shape(trainable_params=100, trainable_sizes=(40, 60)), ds={"zero_optimization": {"stage": 0}})
     device, _ = model_states(lora, Hardware(gpus_per_node=1, gpu_memory=1, host_memory=1))
@@ -91,7 +100,9 @@ def test_cpu_only_puts_everything_on_the_host():
     plan = estimate(setup(), Hardware(cpu_processes_per_node=2, host_memory=10 ** 12))
     assert plan.budget == {"per_rank": None, "per_node": 10 ** 12}
     assert plan.per_node["total"] == 2 * plan.per_rank["total"]
-    assert plan.per_rank["total"] == max(sum(v for k, v in plan.per_rank.items() if k not in ("total", "loading")),
+    heap = ("freed_while_loading", "freed_recompute_activations", "freed_lora_temporaries", "heap_free")
+    live = sum(v for k, v in plan.per_rank.items() if k not in ("total", "loading", *heap))
+    assert plan.per_rank["total"] == max(live + plan.per_rank["heap_free"],
                                          loading_peak(setup(), Hardware(cpu_processes_per_node=2)))
     # ZeRO-2 flattens the trainable tensors (4000 bytes as stored): freed into the heap
     assert plan.per_rank["freed_while_loading"] == 4000
@@ -100,6 +111,45 @@ def test_cpu_only_puts_everything_on_the_host():
     assert freed_while_loading(setup(ds={"zero_optimization": {"stage": 0}})) == 0
     # ZeRO-3: the tensors built whole before partitioning and the checkpoint read into the partitions
     assert freed_while_loading(setup(half_precision=True, ds={"zero_optimization": {"stage": 3}})) == 2000 + 4000
+
+
+def test_a_recompute_leaves_one_more_in_the_heap():
+    cpu = Hardware(host_memory=10 ** 12)
+    per_pair = activations.pair_bytes(shape(), 16, 4, False, False)
+    # 16 pairs in chunks of 4: the previous chunk's activations stay in glibc's heap beside the live chunk's
+    cached = estimate(setup(chunk_size=4), cpu).per_rank
+    assert cached["freed_recompute_activations"] == cached["activations"] == 4 * per_pair == cached["heap_free"]
+    # checkpointing recomputes layer by layer: one layer (408 B per token, 16 tokens) of the 16 pairs alive
+    assert estimate(setup(checkpointing=True), cpu).per_rank["freed_recompute_activations"] == 16 * 16 * 408
+    # a plain step, or one chunk holding the whole micro-batch, recomputes nothing
+    assert estimate(setup(), cpu).per_rank["freed_recompute_activations"] == 0
+    assert estimate(setup(chunk_size=16), cpu).per_rank["freed_recompute_activations"] == 0
+    # on a GPU the activations are on the device, not in the host's heap
+    gpu = Hardware(gpus_per_node=1, gpu_memory=10 ** 12, host_memory=10 ** 12)
+    assert "freed_recompute_activations" not in estimate(setup(chunk_size=4), gpu).per_rank
+
+
+def test_lora_temporaries_and_heap_reuse():
+    # 3 output-width temporaries per adapted projection: 3 x 4 B x 100 outputs x 2 layers x 16 tokens x 16 pairs
+    lora = shape(lora_rank=4, lora_adapters_per_layer=2, lora_inputs_per_layer=16, lora_outputs_per_layer=100)
+    assert freed_lora_temporaries(setup(shape=lora), 16) == 3 * 4 * 100 * 2 * 16 * 16
+    # checkpointing keeps one layer's; bf16 halves them; no LoRA, none
+    ckpt_bf16 = setup(shape=lora, checkpointing=True, half_precision=True)
+    assert freed_lora_temporaries(ckpt_bf16, 16) == 3 * 2 * 100 * 16 * 16
+    assert freed_lora_temporaries(setup(), 16) == 0
+    # what loading freed is reused by training's blocks: the larger of the two counts, not their sum
+    freed = heap_free(setup(shape=lora, chunk_size=4), 16, 4, 1000)
+    assert freed["freed_while_loading"] == 4000 and freed["freed_recompute_activations"] == 1000
+    assert freed["heap_free"] == max(4000, 1000 + 3 * 4 * 100 * 2 * 16 * 4)
+    assert heap_free(setup(), 16, 16, 1000)["heap_free"] == 4000
+
+
+def test_lora_shape_counts_the_adapted_widths():
+    from bigrerank.arguments import ModelArguments
+
+    llama = model_shape(_configs()["llama"]("sdpa", 2), ModelArguments(model_name_or_path="tiny", lora_r=4))
+    # q 48, k and v 2 kv heads x 12, o 48, gate and up 112, down 48 (inputs: 48 x 6 + 112)
+    assert (llama.lora_adapters_per_layer, llama.lora_outputs_per_layer, llama.lora_inputs_per_layer) == (7, 416, 400)
 
 
 def _saved_bytes(config_or_model, tokens: int, dtype=torch.float32) -> int:
@@ -281,7 +331,7 @@ def test_training_refuses_a_plan_that_cannot_fit(tiny_dir, monkeypatch, caplog):
     model_args, data_args, args = parse([*_argv(tiny_dir), "--train_path", "x", "--output_dir", "y"])
     config = load_config(str(tiny_dir))
     raw = ds_config.load(args.ds_config)
-    monkeypatch.setattr(command, "machine_memory", lambda: 2 ** 20)
+    monkeypatch.setattr(command, "machine_memory", lambda: 4 * 2 ** 20)
     with pytest.raises(InputError, match="exceeds this machine's memory.*cheapest change that fits: bigrerank train"):
         command.check_training(model_args, data_args, args, raw, config)
     command.check_training(model_args, data_args, replace(args, ignore_memory_plan=True), raw, config)

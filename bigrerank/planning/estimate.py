@@ -14,10 +14,13 @@ w bytes per weight (2 in bf16/fp16, else 4):
 - optimizer step workspace: PyTorch's AdamW (`torch_adam`) makes one float32 temporary of the tensor it steps
   (the rank's flat partition under ZeRO 1-3, the largest tensor under ZeRO-0); DeepSpeed's CPU Adam steps in
   place.
-Offloaded states (`offload_optimizer`, `offload_param`) move to the host. Loading: a rank reads the checkpoint
+Offloaded states (`offload_optimizer`, `offload_param`) move to the host; ZeRO 1-2's optimizer offload adds
+its staging buffers (`offload_buffers`). Loading: a rank reads the checkpoint
 onto the host (ZeRO-3: whole, then keeps its partition) and casts it to w bytes or flattens its trainable part before training starts, so
 the host peak is the larger of that and the training peak; on a CPU-only run the tensors so replaced stay in
-the process's heap (`freed_while_loading`).
+the process's heap (`freed_while_loading`); training leaves freed blocks there too, one more recompute's
+activations in a step that recomputes (gradient-cache chunks, checkpointed layers) and LoRA's temporaries; the
+larger of loading's and training's counts (`heap_free`).
 """
 from __future__ import annotations
 
@@ -99,6 +102,17 @@ def alive_pairs(setup: Setup, world: int) -> tuple[int, int]:
     return pairs, min(setup.chunk_size, pairs) if setup.chunk_size else pairs
 
 
+def offload_buffers(setup: Setup, hardware: Hardware) -> tuple[float, float]:
+    """(host, device) bytes of ZeRO 1-2's optimizer-offload buffers, from `DeepSpeedZeroOptimizer.__init__`
+    (deepspeed/runtime/zero/stage_1_and_2.py): `param_buffer_of_bit16_for_cpu_offload_groups`, a w-byte copy
+    of the rank's partition on the host that the CPU step writes the updated weights into, and the
+    `temp_grad_buffer_for_cpu_offload` / `_for_gpu_offload` pair, w bytes of the largest trainable parameter
+    each, one on the host and one on the device."""
+    w = 2 if setup.half_precision else 4
+    largest = max(setup.shape.trainable_sizes, default=0)
+    return w * setup.shape.trainable_params / hardware.world + w * largest, w * largest
+
+
 def model_states(setup: Setup, hardware: Hardware) -> tuple[dict, dict]:
     """({component: bytes} on each rank's device, {component: bytes} each rank puts on the host)."""
     shape, ds, n = setup.shape, setup.ds, hardware.world
@@ -125,6 +139,9 @@ def model_states(setup: Setup, hardware: Hardware) -> tuple[dict, dict]:
         states = deepspeed_optimizer_states(trainable, hardware) - (4 * trainable / n if stage == 0 else 0)
     offload_states = stage > 0 and _offloaded(ds, "offload_optimizer")
     (host if offload_states else device)["optimizer_states"] = states
+    if offload_states and stage in (1, 2):
+        host_buffers, device["offload_gradient_staging"] = offload_buffers(setup, hardware)
+        host["cpu_offload_buffers"] = host_buffers
     if stage == 3:
         largest = shape.largest_module_params
         prefetch = _zero(ds).get("stage3_prefetch_bucket_size", DEEPSPEED_PREFETCH_BUCKET)
@@ -168,6 +185,56 @@ def freed_while_loading(setup: Setup) -> float:
     return float(kept(replaced, c))
 
 
+def freed_recompute_activations(setup: Setup, pairs: int, alive: int, alive_activations: float) -> float:
+    """Host bytes a CPU-only step that recomputes leaves in glibc's heap: one more recompute's activations
+    (a gradient-cache chunk's, `alive_activations`, or with checkpointing one layer's of the pairs alive).
+
+    glibc's `free` (malloc/malloc.c) raises the mmap threshold to the size of a freed mmapped block, up to
+    `DEFAULT_MMAP_THRESHOLD_MAX` (32 MiB), so after the first recompute its activation tensors come from the
+    heap, which goes back to the system only above its highest live block (`systrim`). Each recompute's
+    backward frees its activations while it allocates blocks that outlive it (the step's gradients, kept
+    local by `coalesce_grad_reduction`; ZeRO-3's re-gathered parameters), which split the freed space, so the
+    next recompute is partly served from the top of the heap. Measured on MiniLM as the peak RSS above the
+    same run's with a fixed threshold (`MALLOC_MMAP_THRESHOLD_=131072`: every tensor mmapped, returned when
+    freed): 0.9 chunk's activations under ZeRO-2 (8 pairs of 128 tokens a chunk), 1.0 under ZeRO-3 offload and
+    1.5 per rank under collaborative ZeRO-3 (8 pairs of 256), 2.6 layers with checkpointing (64 pairs of 128);
+    the planner counts one. A plain step recomputes nothing."""
+    if setup.checkpointing:
+        w = 2 if setup.half_precision else 4
+        return alive * setup.max_len * activations.layer_bytes_per_token(setup.shape, setup.max_len, w, False)
+    return alive_activations if setup.chunk_size and pairs > alive else 0.0
+
+
+def freed_lora_temporaries(setup: Setup, alive: int) -> float:
+    """Host bytes of the LoRA forward's temporaries that a CPU-only run leaves in glibc's heap.
+
+    peft's `lora.Linear.forward` (peft/tuners/lora/layer.py) computes `result + lora_B(lora_A(dropout(x))) *
+    scaling`: lora_B's output, its scaled copy and the base layer's output (replaced by the sum) are three
+    tensors of the projection's output width that die inside the forward, between tensors autograd keeps, so
+    their heap blocks (below the 32 MiB mmap threshold) stay resident; counted all (none reused), for every
+    layer whose activations are kept (one, the layer recomputed, with checkpointing). Measured on a MiniLM
+    forward of 8 pairs of 256 tokens: 460 MiB free in the heap at its end against 147 MiB without LoRA, 313 MiB
+    with two of the three computed in place; the training run's peak RSS was 500 MiB above its own with a
+    fixed mmap threshold (this counts 486)."""
+    shape = setup.shape
+    if not shape.lora_rank:
+        return 0.0
+    b = 2 if setup.half_precision else 4
+    layers = 1 if setup.checkpointing else shape.layers
+    return 3 * b * shape.lora_outputs_per_layer * layers * setup.max_len * alive
+
+
+def heap_free(setup: Setup, pairs: int, alive: int, alive_activations: float) -> dict:
+    """{component: bytes} of the free blocks a CPU-only run's heap keeps resident, and `heap_free`: what
+    counts. malloc serves a request from a free block that fits before it extends the heap (`_int_malloc`),
+    so training's allocations reuse what loading freed first: the larger of the two counts, not their sum."""
+    freed = {"freed_while_loading": freed_while_loading(setup),
+             "freed_recompute_activations": freed_recompute_activations(setup, pairs, alive, alive_activations),
+             "freed_lora_temporaries": freed_lora_temporaries(setup, alive)}
+    training = freed["freed_recompute_activations"] + freed["freed_lora_temporaries"]
+    return {**freed, "heap_free": max(freed["freed_while_loading"], training)}
+
+
 def estimate(setup: Setup, hardware: Hardware) -> Plan:
     on_gpu = hardware.gpus_per_node > 0
     device, host = model_states(setup, hardware)
@@ -185,10 +252,10 @@ def estimate(setup: Setup, hardware: Hardware) -> Plan:
         per_node = {**steady, "loading": int(load * ranks)}
         per_node["total"] = max(sum(steady.values()), per_node["loading"])
     else:
-        per_rank = {k: int(v) for k, v in {**device, **host}.items()}
-        per_rank["freed_while_loading"] = int(freed_while_loading(setup))
-        per_rank["loading"] = int(load)
-        per_rank["total"] = max(sum(v for k, v in per_rank.items() if k != "loading"), per_rank["loading"])
+        live = {k: int(v) for k, v in {**device, **host}.items()}
+        heap = {k: int(v) for k, v in heap_free(setup, pairs, alive, device["activations"]).items()}
+        per_rank = {**live, **heap, "loading": int(load)}
+        per_rank["total"] = max(sum(live.values()) + heap["heap_free"], per_rank["loading"])
         per_node = {k: v * ranks for k, v in per_rank.items()}
     budget = {"per_rank": hardware.gpu_memory if on_gpu else None, "per_node": hardware.host_memory}
     margins = [budget["per_node"] - per_node["total"]]

@@ -42,6 +42,7 @@ class ModelShape:
     score_head: str = "classifier"
     lora_inputs_per_layer: int = 0   # LoRA: summed input width of one block's adapted projections
     lora_adapters_per_layer: int = 0
+    lora_outputs_per_layer: int = 0  # LoRA: summed output width of the same projections
     lora_rank: int = 0
     lora_dropout: float = 0.0
 
@@ -89,15 +90,15 @@ def _names(model) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
 
 
-def _lora_block(model) -> tuple[int, int]:
-    """(summed input width, count) of the LoRA-adapted linears of the first numbered block."""
+def _lora_block(model) -> tuple[int, int, int]:
+    """(summed input width, count, summed output width) of the LoRA-adapted linears of the first numbered block."""
     widths = []
     for name, module in model.named_modules():
         parts = name.split(".")
         first = next((i for i, part in enumerate(parts) if part.isdigit()), None)
         if first is not None and parts[first] == "0" and hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-            widths.append(module.base_layer.weight.shape[1])
-    return sum(widths), len(widths)
+            widths.append(module.base_layer.weight.shape)
+    return sum(w for _, w in widths), len(widths), sum(w for w, _ in widths)
 
 
 def model_shape(config, model_args=None, score_head: str = "classifier") -> ModelShape:
@@ -136,6 +137,6 @@ def model_shape(config, model_args=None, score_head: str = "classifier") -> Mode
 def _lora_fields(model, model_args) -> dict:
     if model_args is None or model_args.lora_r == 0:
         return {}
-    width, count = _lora_block(model)
-    return {"lora_inputs_per_layer": width, "lora_adapters_per_layer": count, "lora_rank": model_args.lora_r,
-            "lora_dropout": model_args.lora_dropout}
+    width, count, outputs = _lora_block(model)
+    return {"lora_inputs_per_layer": width, "lora_adapters_per_layer": count, "lora_outputs_per_layer": outputs,
+            "lora_rank": model_args.lora_r, "lora_dropout": model_args.lora_dropout}
