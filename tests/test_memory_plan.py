@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,6 +260,15 @@ def test_json_keys_and_suggestion_fits_when_applied(tiny_dir, capsys):
     at_max = _plan_json(_argv(tiny_dir, *hardware, "--train_group_size", str(result["max_group_size"])), capsys)
     over = _plan_json(_argv(tiny_dir, *hardware, "--train_group_size", str(result["max_group_size"] + 1)), capsys)
     assert at_max["fits"] and not over["fits"]
+
+
+def test_json_stdout_is_one_object_in_a_fresh_process(tiny_dir):
+    """DeepSpeed's import prints its accelerator notice to stdout: with --json it goes to stderr instead."""
+    argv = [*_argv(tiny_dir, "--gpus_per_node", "0"), "--ds_config", "ds_configs/zero3.json"]  # DeepSpeed estimates
+    done = subprocess.run([sys.executable, "-m", "bigrerank.cli", "plan", *argv, "--json"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) >= {"per_rank", "per_node", "fits"}, done.stdout
 
 
 def test_suggestions_follow_the_cost_order(tiny_dir, capsys):

@@ -8,11 +8,13 @@ hardware ones below. Training runs the same planner before its model loads (`che
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -199,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     model_args, data_args, args, plan_args = parse(argv)
     hardware = hardware_from(plan_args)
-    planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))
-    plan, change, max_group = planner.verdict()
+    # DeepSpeed logs to stdout (its accelerator notice on import): with --json, stdout carries the JSON alone
+    with contextlib.redirect_stdout(sys.stderr if plan_args.json else sys.stdout):
+        planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))
+        plan, change, max_group = planner.verdict()
     suggestion = command_line(argv, change, planner) if change is not None else None
     if plan_args.json:
         print(json.dumps(plan_json(plan, suggestion, max_group)))
