@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--negatives", type=int, default=30, help="hard negatives kept per training query")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the trainer's)")
     p.add_argument("--grad_cache_chunk_size", type=int, default=None, help="gradient cache chunk in pairs (default: off)")
+    p.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision (rerank stays fp32)")
     p.add_argument("--depth", type=int, default=30, help="rerank the evaluation split's BM25 top K")
     p.add_argument("--parallel", action="store_true",
                    help="train/rerank the losses side by side, one thread each (2-core machines)")
@@ -91,6 +92,7 @@ def prepare(args, corpus: Path, work: Path) -> Path:
 
 
 OPTIONAL_SETTINGS = ("seed", "grad_cache_chunk_size")  # in the settings only when set, so older runs stay reusable
+FLAG_SETTINGS = ("bf16",)  # likewise, only when on
 
 
 def train_settings(args, loss: str) -> dict:
@@ -99,6 +101,7 @@ def train_settings(args, loss: str) -> dict:
                 "per_device_train_batch_size": args.per_device_train_batch_size, "max_len": args.max_len,
                 "head_init_std": args.head_init_std, "negatives": args.negatives}
     settings.update({key: getattr(args, key) for key in OPTIONAL_SETTINGS if getattr(args, key) is not None})
+    settings.update({key: True for key in FLAG_SETTINGS if getattr(args, key)})
     return settings
 
 
@@ -110,7 +113,7 @@ def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str
                 "per_device_train_batch_size", "max_len", "head_init_std", *OPTIONAL_SETTINGS):
         if settings.get(key) is not None:
             cmd += [f"--{key}", str(settings[key])]
-    return cmd
+    return cmd + [f"--{key}" for key in FLAG_SETTINGS if settings.get(key)]
 
 
 def rerank_command(args, corpus: Path, model: Path, scores: Path) -> list[str]:
@@ -207,6 +210,7 @@ def settings_line(args) -> str:
             f"--warmup_ratio {args.warmup_ratio} --max_len {args.max_len}"
             + (f" --head_init_std {args.head_init_std}" if args.head_init_std is not None else "")
             + "".join(f" --{k} {getattr(args, k)}" for k in OPTIONAL_SETTINGS if getattr(args, k) is not None)
+            + "".join(f" --{k}" for k in FLAG_SETTINGS if getattr(args, k))
             + f"; {'parallel, 1 thread each' if args.parallel else 'sequential, 2 threads'}")
 
 

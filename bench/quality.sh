@@ -27,11 +27,13 @@ WARMUP=${QUALITY_WARMUP:-0.1}
 GROUP=${QUALITY_GROUP:-8}
 BATCH=${QUALITY_BATCH:-4}
 MAX_LEN=${QUALITY_MAX_LEN:-96}
-STEPS=${QUALITY_STEPS:-360}
+STEPS=${QUALITY_STEPS:-600}
 HEAD=${QUALITY_HEAD_INIT_STD:-0.2}
-DEPTH=${QUALITY_DEPTH:-30}
+DEPTH=${QUALITY_DEPTH:-100}
+BF16=${QUALITY_BF16:-1}  # train in bf16 (fifth session: the 0.70 recipe); 0 = fp32
 base=(--learning_rate "$LR" --warmup_ratio "$WARMUP" --per_device_train_batch_size "$BATCH" --max_len "$MAX_LEN"
       --head_init_std "$HEAD" --depth "$DEPTH")
+[[ $BF16 == 1 ]] && base+=(--bf16)
 recipe=("${base[@]}" --train_group_size "$GROUP" --parallel)
 
 quality() { python bench/quality.py "$@"; }
