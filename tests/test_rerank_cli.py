@@ -165,7 +165,7 @@ BAD_PAIR_INPUTS = {
     "duplicate pair": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": "b"}\n' * 2, None,
                        "p.jsonl:2: duplicate pair (qid 'q1', pid 'd1'), first on line 1"),
     "empty input": ("\n", None, "p.jsonl: no pairs"),
-    "missing ids": ('{"qry": "a", "psg": "b"}\n', None, "p.jsonl:1: field 'qid': missing (or give the ids file"),
+    "missing ids": ('{"qry": "a", "psg": "b"}\n', None, "p.jsonl:1: field 'qid': missing (or give the ids file with --ids)"),
     "missing passage": ('{"qid": "q1", "pid": "d1", "qry": "a"}\n', None, "p.jsonl:1: field 'psg': missing"),
     "id with space": ('{"qid": "q 1", "pid": "d1", "qry": "a", "psg": "b"}\n', None, "field 'qid': ids must not"),
     "ids row disagrees": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": "b"}\n'

@@ -221,7 +221,7 @@ def test_resume_latest_with_nothing_to_resume_starts_fresh_and_says_so(data, tmp
      ["qrels.tsv: --eval_qrels: no such file"]),
     (lambda out: out.parent.joinpath("pairs.jsonl").write_text('{"qid": "q", "qry": "a", "psg": "b"}\n'),
      ["--eval_path", "{tmp}/pairs.jsonl", "--eval_qrels", "{tmp}/pairs.jsonl"],
-     ["pairs.jsonl:1: field 'pid': missing"]),
+     ["pairs.jsonl:1: field 'pid': missing (or give the ids file with --eval_ids)"]),
     (lambda out: out.parent.joinpath("ds.json").write_text('{"zero_optimization": {"stage": 4}}'),
      ["--ds_config", "{tmp}/ds.json"], ["ds.json", "zero_optimization.stage", "must be 0, 1, 2 or 3, got 4"]),
 ])

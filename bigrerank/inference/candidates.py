@@ -63,10 +63,11 @@ def _plain_id(path, number: int, obj: dict, field: str) -> str:
     return value
 
 
-def _pair_ids(path, number: int, obj: dict, ids_row, ids_path) -> tuple[str, str]:
-    """(qid, pid) of a JSON line, taken from the line and/or its ids-file row, which must agree."""
+def _pair_ids(path, number: int, obj: dict, ids_row, ids_path, ids_flag: str) -> tuple[str, str]:
+    """(qid, pid) of a JSON line, taken from the line and/or its ids-file row (given by `ids_flag`), which must
+    agree."""
     if ids_row is None:
-        hint = " (or give the ids file with --ids)"
+        hint = f" (or give the ids file with {ids_flag})"
         for field in ("qid", "pid"):
             if field not in obj:
                 raise InputError(path, "missing" + hint, number, field)
@@ -79,14 +80,15 @@ def _pair_ids(path, number: int, obj: dict, ids_row, ids_path) -> tuple[str, str
     return qid, pid
 
 
-def read_pair_candidates(path, vocab_size: int, ids_path=None) -> list[Candidate]:
-    """Form (a): JSON lines `{"qid", "pid", "qry", "psg"}`; with `ids_path`, its rows must match line for line."""
+def read_pair_candidates(path, vocab_size: int, ids_path=None, ids_flag: str = "--ids") -> list[Candidate]:
+    """Form (a): JSON lines `{"qid", "pid", "qry", "psg"}`; with `ids_path` (the command's `ids_flag`), its rows
+    must match line for line."""
     ids_rows = _read_ids_file(ids_path) if ids_path is not None else None
     candidates, seen, index = [], {}, 0
     for number, obj in iter_jsonl(path):
         if ids_rows is not None and index >= len(ids_rows):
             raise InputError(path, f"no matching row in ids file {ids_path} (it has {len(ids_rows)} rows)", number)
-        qid, pid = _pair_ids(path, number, obj, ids_rows[index] if ids_rows else None, ids_path)
+        qid, pid = _pair_ids(path, number, obj, ids_rows[index] if ids_rows else None, ids_path, ids_flag)
         if (qid, pid) in seen:
             raise InputError(path, f"duplicate pair (qid '{qid}', pid '{pid}'), first on line {seen[qid, pid]}", number)
         seen[qid, pid] = number

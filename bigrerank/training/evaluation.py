@@ -63,7 +63,7 @@ def read_eval_set(args, vocab_size: int) -> EvalSet | None:
         if path is not None and not Path(path).is_file():
             raise InputError(path, f"--{flag}: no such file")
     if args.eval_path is not None:
-        candidates = read_pair_candidates(args.eval_path, vocab_size, args.eval_ids)
+        candidates = read_pair_candidates(args.eval_path, vocab_size, args.eval_ids, "--eval_ids")
     else:
         candidates = read_run_candidates(args.eval_run, args.eval_queries, args.eval_corpus, args.eval_depth)
     return EvalSet(candidates, read_qrels(args.eval_qrels))
