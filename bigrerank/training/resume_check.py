@@ -25,10 +25,11 @@ from pathlib import Path
 from ..checkpoints import store
 from ..errors import InputError
 from .ds_config import warmup_steps
+from .evaluation import JUDGED_BY
 
 log = logging.getLogger(__name__)
-EVAL_SETTINGS = ("eval_path", "eval_ids", "eval_run", "eval_queries", "eval_corpus", "eval_depth", "eval_qrels",
-                 "eval_steps", "per_device_eval_batch_size", "metric_for_best_model", "load_best_model_at_end")
+EVAL_SETTINGS = (*JUDGED_BY, "eval_steps", "per_device_eval_batch_size", "metric_for_best_model",
+                 "load_best_model_at_end")
 MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
                         "run_name", "max_nonfinite_steps", "ddp_timeout", *EVAL_SETTINGS})
 NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",
