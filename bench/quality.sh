@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Ranking quality on real IR data, one command: BM25 vs pointwise BCE vs listwise LCE (MiniLM-L6 backbone).
 #
-#   bash bench/quality.sh [scifact|cranfield|all|ablation|groups]      (default: all)
+#   bash bench/quality.sh [scifact|cranfield|all|ablation|groups|negatives]      (default: all)
 #
 # scifact:   train on the 709 train queries (BM25 top-100 hard negatives), rerank the dev BM25 top-K, nDCG@10/RR@10
 # cranfield: the same on Cranfield's train/test split (graded qrels 1-4)
 # ablation:  short SciFact LCE runs that show which knob matters (learning rate, head init, max_len)
 # groups:    SciFact LCE by group size G (8 16 32 64) at equal optimizer steps and at equal scored pairs,
 #            several seeds, with spreads and paired significance (bench/quality_results/groups.md)
+# negatives: --negatives_from, --random_negatives and --teacher (+ --loss distill), each against the same LCE run
+#            without it (bench/quality_results/negatives.md)
 #
 # Working files (training data, models, score files) go to ${BIGRERANK_QUALITY_OUT:-/tmp/bigrerank_quality};
 # small results (markdown tables, metrics JSON) to bench/quality_results/. Settings: QUALITY_* below.
@@ -55,31 +57,60 @@ ablation() {
     quality --summarize bench/quality_results/scifact_ablation_*.json | tee bench/quality_results/ablation.md
 }
 
+lanes() {
+    # Run "name|args" specs in two lanes side by side, one thread a command (2 cores): lane 1 takes specs 1, 3, ...
+    local lane pids=() i spec
+    for spec in "$@"; do quality --prepare_only ${spec#*|}; done  # the training data first, one writer a file
+    for lane in 0 1; do
+        (for (( i = lane; i < $#; i += 2 )); do spec=${@:i+1:1}
+             quality --threads 1 --name "${spec%%|*}" ${spec#*|}; done) &
+        pids+=($!)
+    done
+    wait "${pids[0]}" && wait "${pids[1]}"
+}
+
 groups() {
-    # LCE with G in QUALITY_GROUP_SIZES at equal optimizer steps (STEPS for every G) and at equal scored pairs
-    # (STEPS*8/G steps, at least 1), the gradient cache (chunks of QUALITY_GRAD_CACHE_CHUNK pairs) for G >= 16, and
-    # for every G the same training data: negatives from the BM25 top 100, 99 kept (G=64 draws without
-    # replacement). Seeds: QUALITY_GROUP_SEEDS for G 8 and 32, run first; QUALITY_OTHER_SEEDS for the other sizes.
-    # One run at a time with both threads, so that the wall times compare. Results: scifact_<name>_g*.json and
-    # <name>.md in bench/quality_results (<name>: QUALITY_GROUP_NAME, default groups).
-    local name=${QUALITY_GROUP_NAME:-groups} chunk=${QUALITY_GRAD_CACHE_CHUNK:-8}
+    # LCE with G in QUALITY_GROUP_SIZES at equal scored pairs (STEPS*8/G steps, at least 1) and at equal optimizer
+    # steps (QUALITY_GROUP_EQUAL_STEPS for every G; G=8 too, when that differs from STEPS), the gradient cache
+    # (chunks of QUALITY_GRAD_CACHE_CHUNK pairs) for G >= 16, and for every G the same training data: negatives
+    # from the BM25 top 100, 99 kept (G=64 draws without replacement). Seeds: QUALITY_GROUP_SEEDS for G 8 and 32,
+    # run first; QUALITY_OTHER_SEEDS for the other sizes. Two runs side by side, one thread each, so that the wall
+    # times compare. Results: scifact_<name>_g*.json and <name>.md in bench/quality_results (<name>:
+    # QUALITY_GROUP_NAME, default groups).
+    local name=${QUALITY_GROUP_NAME:-groups} chunk=${QUALITY_GRAD_CACHE_CHUNK:-8} equal=${QUALITY_GROUP_EQUAL_STEPS:-$STEPS}
     local sizes=(${QUALITY_GROUP_SIZES:-8 16 32 64}) main_seeds=(${QUALITY_GROUP_SEEDS:-1 2 3})
-    local other_seeds=(${QUALITY_OTHER_SEEDS:-1}) order=() g steps seed
+    local other_seeds=(${QUALITY_OTHER_SEEDS:-1}) order=() specs=() g steps seed
     for g in "${sizes[@]}"; do [[ $g == 8 || $g == 32 ]] && order+=("$g"); done
     for g in "${sizes[@]}"; do [[ $g == 8 || $g == 32 ]] || order+=("$g"); done
     for g in "${order[@]}"; do
-        local seeds=("${other_seeds[@]}") cache=() budgets=("$STEPS")
+        local seeds=("${other_seeds[@]}") cache="" budgets=("$(( STEPS * 8 / g > 0 ? STEPS * 8 / g : 1 ))")
         [[ $g == 8 || $g == 32 ]] && seeds=("${main_seeds[@]}")
-        (( g >= 16 )) && cache=(--grad_cache_chunk_size "$chunk")
-        (( g != 8 )) && budgets+=("$(( STEPS * 8 / g > 0 ? STEPS * 8 / g : 1 ))")
+        (( g >= 16 )) && cache="--grad_cache_chunk_size $chunk"
+        [[ ${budgets[0]} != "$equal" ]] && budgets+=("$equal")
         for steps in "${budgets[@]}"; do
             for seed in "${seeds[@]}"; do
-                quality --collection scifact --losses lce --name "${name}_g${g}_steps${steps}_s${seed}" --negatives 99 \
-                    --train_group_size "$g" --max_steps "$steps" --seed "$seed" "${cache[@]}" "${base[@]}"
+                specs+=("${name}_g${g}_steps${steps}_s${seed}|--collection scifact --losses lce --negatives 99 \
+--train_group_size $g --max_steps $steps --seed $seed $cache ${base[*]}")
             done
         done
     done
+    lanes "${specs[@]}"
     quality --groups_table bench/quality_results/scifact_"${name}"_g*.json | tee "bench/quality_results/${name}.md"
+}
+
+negatives() {
+    # The negatives options of `bigrerank prepare train`, each against the same LCE run without it: G 8,
+    # QUALITY_NEGATIVES_STEPS steps, dev BM25 top 30, seed 1. --negatives_from 6 (skip the BM25 top 5),
+    # --random_negatives 8 (corpus negatives mixed into the 30 hard ones), and --teacher QUALITY_TEACHER with
+    # --loss distill (default teacher: the LCE model of `quality.sh scifact`). Results: negatives.md.
+    local steps=${QUALITY_NEGATIVES_STEPS:-200} teacher=${QUALITY_TEACHER:-$BIGRERANK_QUALITY_OUT/scifact_final_lce}
+    local common="--collection scifact --train_group_size 8 --max_steps $steps --seed 1 ${base[*]} --depth 30"
+    [[ -f $teacher/config.json ]] || { echo "bench/quality.sh negatives: no teacher model in $teacher" >&2; exit 2; }
+    lanes "negatives_base|$common --losses lce" "negatives_random8|$common --losses lce --random_negatives 8" \
+          "negatives_from6|$common --losses lce --negatives_from 6" \
+          "negatives_teacher|$common --losses distill --teacher $teacher"
+    quality --summarize bench/quality_results/scifact_negatives_{base,from6,random8,teacher}.json \
+        | tee bench/quality_results/negatives.md
 }
 
 case "${1:-all}" in
@@ -87,6 +118,7 @@ case "${1:-all}" in
     cranfield) cranfield ;;
     ablation) ablation ;;
     groups) groups ;;
+    negatives) negatives ;;
     all) scifact; cranfield ;;
-    *) echo "usage: bash bench/quality.sh [scifact|cranfield|all|ablation|groups]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/quality.sh [scifact|cranfield|all|ablation|groups|negatives]" >&2; exit 2 ;;
 esac
