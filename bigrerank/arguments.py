@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .command_line import CommandParser, at_least
+from .data.collection import RUN_FORMATS
 
 LOSSES = ("lce", "distill", "bce")
 REPORT_TO = ("wandb", "none")
@@ -129,6 +130,9 @@ class TrainingArguments:
         "help": "With --eval_run: its corpus (BEIR jsonl or id<TAB>text[<TAB>title])."})
     eval_depth: Optional[int] = field(default=None, metadata={
         "help": "With --eval_run: score each query's top K (None: all)."})
+    eval_run_format: str = field(default="auto", metadata={
+        "help": "With --eval_run: its format (auto: detected, and said; an ambiguous file needs it).",
+        "choices": RUN_FORMATS})
     eval_qrels: Optional[str] = field(default=None, metadata={
         "help": "Relevance judgments of the eval queries (TREC or BEIR tsv); goes with --eval_path or --eval_run."})
     eval_steps: Optional[int] = field(default=None, metadata={
@@ -172,8 +176,9 @@ def check_evaluation(args: TrainingArguments) -> None:
         raise ValueError("give --eval_path or --eval_run, not both")
     if args.eval_ids is not None and args.eval_path is None:
         raise ValueError("--eval_ids goes with --eval_path")
-    if args.eval_run is None and any(v is not None for v in (args.eval_queries, args.eval_corpus, args.eval_depth)):
-        raise ValueError("--eval_queries, --eval_corpus and --eval_depth go with --eval_run")
+    if args.eval_run is None and (any(v is not None for v in (args.eval_queries, args.eval_corpus, args.eval_depth))
+                                  or args.eval_run_format != "auto"):
+        raise ValueError("--eval_queries, --eval_corpus, --eval_depth and --eval_run_format go with --eval_run")
     if args.eval_run is not None and (args.eval_queries is None or args.eval_corpus is None):
         raise ValueError("--eval_run needs --eval_queries and --eval_corpus")
     candidates = args.eval_path is not None or args.eval_run is not None

@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from bigrerank import __version__, cli
+from bigrerank.arguments import parse as parse_train_args
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, check_export_dir
 from bigrerank.data.collection import read_run
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
 from bigrerank.training import ds_config
+from bigrerank.training.evaluation import read_eval_set
 from tests.test_inference import spread_model_dir
-from tests.tiny import write_beir, write_groups
+from tests.tiny import tiny_model_dir, write_beir, write_groups
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"), "d3": ("code", "python code")}
@@ -89,7 +91,10 @@ CASES = {
         (TRAIN + ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_qrels", "{qrels}"],
          "--eval_run needs --eval_queries and --eval_corpus"),
         (TRAIN + ["--eval_path", "{groups}", "--eval_depth", "5", "--eval_qrels", "{qrels}"],
-         "--eval_queries, --eval_corpus and --eval_depth go with --eval_run"),
+         "--eval_queries, --eval_corpus, --eval_depth and --eval_run_format go with --eval_run"),
+        (TRAIN + ["--eval_path", "{groups}", "--eval_run_format", "scores", "--eval_qrels", "{qrels}"],
+         "--eval_queries, --eval_corpus, --eval_depth and --eval_run_format go with --eval_run"),
+        (TRAIN + ["--eval_run", "{run}", "--eval_run_format", "csv"], "invalid choice: 'csv'"),
         (TRAIN + ["--eval_ids", "{scores}"], "--eval_ids goes with --eval_path"),
         (TRAIN + ["--eval_path", "{groups}", "--eval_qrels", "{qrels}", "--eval_steps", "0"],
          "--eval_steps must be at least 1"),
@@ -231,6 +236,29 @@ def test_integer_scores_are_not_taken_for_ranks_and_eval_and_convert_read_alike(
     err = capsys.readouterr().err
     assert f"{scores}: read as a score file (qid docid score) (--run_format)" in err
     assert f"{tmp_path / 'c.trec'}: read as a TREC run" in err and "(detected)" in err
+
+
+def test_train_asks_for_its_own_format_flag_when_the_eval_run_is_ambiguous(work, tmp_path_factory, capsys):
+    model = tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+    eval_run = ["--eval_run", str(work / "ints.tsv"), "--eval_queries", str(work / "queries.jsonl"),
+                "--eval_corpus", str(work / "corpus.jsonl"), "--eval_qrels", str(work / "qrels.tsv")]
+    argv = ["train", "--model_name_or_path", str(model), "--train_path", str(work / "groups.jsonl"),
+            "--output_dir", str(work / "new_output"), "--max_len", "32", *eval_run]
+    capsys.readouterr()
+    before = _files(work)
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bigrerank train: error: "), lines
+    assert f"{work / 'ints.tsv'}" in lines[0] and "ambiguous run" in lines[0]
+    assert "pass --eval_run_format marco or --eval_run_format scores" in lines[0], lines[0]
+    assert _files(work) == before
+    # the flag settles it: read as integer scores (q1: d1 at 5 above d2 at 3), and said so on stderr
+    args = parse_train_args(argv[1:] + ["--eval_run_format", "scores"])[2]
+    eval_set = read_eval_set(args, vocab_size=100)
+    assert [(c.qid, c.pid) for c in eval_set.candidates] == [("q1", "d1"), ("q1", "d2"), ("q2", "d3")]
+    assert f"{work / 'ints.tsv'}: read as a score file (qid docid score) (--eval_run_format)" in capsys.readouterr().err
+    args = parse_train_args(argv[1:] + ["--eval_run_format", "marco"])[2]  # as ranks: d2 (rank 3) before d1 (5)
+    assert [(c.qid, c.pid) for c in read_eval_set(args, vocab_size=100).candidates][:2] == [("q1", "d2"), ("q1", "d1")]
 
 
 # ---------------------------------------------------------------- rerank at the model's training length

@@ -207,10 +207,10 @@ RUN_FORMAT_NAMES = {"trec": "TREC run (qid Q0 docid rank score name; ranked by s
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def detect_run_format(path) -> str:
+def detect_run_format(path, flag: str = "--run_format") -> str:
     """'trec' for 6 columns; for 3, 'scores' when a third column is not an integer, 'marco' when it counts 1, 2, 3 …
     within every query in file order; other integer columns are ambiguous (ranks or integer scores): an InputError
-    asking for --run_format at the first row that breaks the count."""
+    asking for `flag` (the calling command's format flag) at the first row that breaks the count."""
     counts: dict[str, int] = {}
     first_break = None
     for number, line in iter_lines(path):
@@ -230,16 +230,16 @@ def detect_run_format(path) -> str:
         raise InputError(path, "empty run")
     if first_break is not None:
         raise InputError(path, "ambiguous run: the third column holds integers that do not count 1, 2, 3 … per "
-                               "query, so they may be MS MARCO ranks or integer scores; pass --run_format marco or "
-                               "--run_format scores", first_break)
+                               f"query, so they may be MS MARCO ranks or integer scores; pass {flag} marco or "
+                               f"{flag} scores", first_break)
     return "marco"
 
 
-def resolve_run_format(path, fmt: str = "auto") -> str:
-    """`fmt`, or the format detected in the file when it is 'auto'."""
+def resolve_run_format(path, fmt: str = "auto", flag: str = "--run_format") -> str:
+    """`fmt`, or the format detected in the file when it is 'auto' (`flag`: what the user sets it with)."""
     if fmt not in RUN_FORMATS:
         raise ValueError(f"run format must be one of {RUN_FORMATS}, got '{fmt}'")
-    return detect_run_format(path) if fmt == "auto" else fmt
+    return detect_run_format(path, flag) if fmt == "auto" else fmt
 
 
 def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
@@ -276,9 +276,9 @@ def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
     return {qid: [(d, s) for d, s in sorted(docs, key=lambda row: (-row[1], row[0]))] for qid, docs in rows.items()}
 
 
-def read_run_announced(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
-    """`read_run`, saying on stderr which format the file was read as (and whether it was detected)."""
-    resolved = resolve_run_format(path, fmt)
-    how = "detected" if fmt == "auto" else "--run_format"
+def read_run_announced(path, fmt: str = "auto", flag: str = "--run_format") -> dict[str, list[tuple[str, float]]]:
+    """`read_run`, saying on stderr which format the file was read as (detected, or given with `flag`)."""
+    resolved = resolve_run_format(path, fmt, flag)
+    how = "detected" if fmt == "auto" else flag
     print(f"{path}: read as a {RUN_FORMAT_NAMES[resolved]} ({how})", file=sys.stderr)
     return read_run(path, resolved)

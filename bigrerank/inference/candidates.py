@@ -103,11 +103,12 @@ def read_pair_candidates(path, vocab_size: int, ids_path=None, ids_flag: str = "
 
 
 def read_run_candidates(run_path, queries_path, corpus_path, depth: int | None = None,
-                        run_format: str = "auto") -> list[Candidate]:
-    """Form (b): each run query's top `depth` documents (all when None), texts from the queries and corpus files."""
+                        run_format: str = "auto", format_flag: str = "--run_format") -> list[Candidate]:
+    """Form (b): each run query's top `depth` documents (all when None), texts from the queries and corpus files;
+    `format_flag` is the calling command's flag for `run_format`, named when the run's format is ambiguous."""
     if depth is not None and depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
-    run = read_run_announced(run_path, run_format)
+    run = read_run_announced(run_path, run_format, format_flag)
     queries, corpus = read_queries(queries_path), read_corpus(corpus_path)
     candidates = []
     for qid, ranked in run.items():

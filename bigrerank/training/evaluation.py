@@ -29,7 +29,7 @@ from ..model import pair_scores
 from ..rng import RngState
 
 INPUT_FLAGS = ("eval_path", "eval_ids", "eval_run", "eval_queries", "eval_corpus", "eval_qrels")
-JUDGED_BY = (*INPUT_FLAGS, "eval_depth")  # what the recorded best's values depend on (with the metric)
+JUDGED_BY = (*INPUT_FLAGS, "eval_run_format", "eval_depth")  # what the recorded best's values depend on (with the metric)
 
 
 @dataclass
@@ -65,7 +65,8 @@ def read_eval_set(args, vocab_size: int) -> EvalSet | None:
     if args.eval_path is not None:
         candidates = read_pair_candidates(args.eval_path, vocab_size, args.eval_ids, "--eval_ids")
     else:
-        candidates = read_run_candidates(args.eval_run, args.eval_queries, args.eval_corpus, args.eval_depth)
+        candidates = read_run_candidates(args.eval_run, args.eval_queries, args.eval_corpus, args.eval_depth,
+                                         args.eval_run_format, "--eval_run_format")
     return EvalSet(candidates, read_qrels(args.eval_qrels))
 
 
