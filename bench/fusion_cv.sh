@@ -6,7 +6,9 @@
 #
 #   bash bench/fusion_cv.sh FIRST_STAGE RERANKED QRELS OUT_DIR [METHOD (wsum)]
 set -euo pipefail
+(( $# == 4 || $# == 5 )) || { echo "usage: bash bench/fusion_cv.sh FIRST_STAGE RERANKED QRELS OUT_DIR [METHOD]" >&2; exit 2; }
 first=$1 reranked=$2 qrels=$3 out=$4 method=${5:-wsum}
+for f in "$first" "$reranked" "$qrels"; do [[ -f $f ]] || { echo "bench/fusion_cv.sh: $f: no such file" >&2; exit 2; }; done
 [[ -e $out ]] && { echo "bench/fusion_cv.sh: $out exists; give a new directory" >&2; exit 2; }
 mkdir -p "$out"
 # the judged queries, sorted, alternately into halves a and b (qrels: TREC 'qid 0 docid rel' or BEIR tsv with header)
@@ -25,7 +27,6 @@ for h in a b; do
         --output "$out/held_out_$o.trec"
 done
 cat "$out/held_out_a.trec" "$out/held_out_b.trec" > "$out/fused_cv.trec"
-bigrerank convert "$reranked" --to trec --output "$out/reranked.trec"
-for base in "$out/reranked.trec" "$first"; do
+for base in "$reranked" "$first"; do
     bigrerank eval --qrels "$qrels" --compare "$base" "$out/fused_cv.trec" --metrics nDCG@10 RR@10
 done
