@@ -33,7 +33,7 @@ from bigrerank.demo import default_backbone
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "quality_results"
-SPLITS = {"scifact": ("train", "dev"), "cranfield": ("train", "test")}
+SPLITS = {"scifact": ("train", "dev"), "cranfield": ("train", "test"), "stdlib": ("train", "test")}
 METRICS = ("nDCG@10", "RR@10")
 
 
@@ -76,6 +76,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def collection_dir(args) -> Path:
+    """The collection's BEIR folder: the shared data, or for `stdlib` the demo's own data (`bigrerank demo`'s
+    800 train / 150 test queries and its BM25 top 100), built once under --work."""
+    if args.collection != "stdlib":
+        return DATA / args.collection
+    from bigrerank.data.default_data import write_default_data
+    from bigrerank.demo import FULL
+
+    d = Path(args.work) / "stdlib"
+    if not d.is_dir():
+        write_default_data(d, FULL.train_queries, FULL.test_queries)
+    for split in SPLITS["stdlib"]:
+        run = d / "runs" / f"bm25.{split}.top100.trec"
+        if not run.exists():
+            log = Path(args.work) / f"stdlib_retrieve_{split}.log"
+            cmd = ["bigrerank", "retrieve", "--corpus", str(d / "corpus.jsonl"), "--queries", str(d / "queries.jsonl"),
+                   "--output", str(run), "--depth", "100", "--split_qrels", str(d / "qrels" / f"{split}.tsv")]
+            wait_all([(run_logged(cmd, log, args.threads or 2), log)])
+    return d
+
+
 def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -97,7 +118,7 @@ def prepare(args, corpus: Path, work: Path) -> Path:
     suffix = "".join(f".{key}-{Path(str(value)).name}" for key, value in options)
     out = work / f"{args.collection}.train.n{args.negatives}{suffix}.jsonl"
     if not out.exists():
-        d = DATA / args.collection
+        d = collection_dir(args)
         log = work / f"prepare{suffix}.log"
         cmd = ["bigrerank", "prepare", "train", "--corpus", str(corpus), "--queries", str(d / "queries.jsonl"),
                "--qrels", str(d / "qrels" / f"{train_split}.tsv"), "--run",
@@ -137,7 +158,7 @@ def train_command(args, settings: dict, train_path: Path, out: Path) -> list[str
 
 def rerank_command(args, corpus: Path, model: Path, scores: Path) -> list[str]:
     _, split = SPLITS[args.collection]
-    d = DATA / args.collection
+    d = collection_dir(args)
     return ["bigrerank", "rerank", "--model", str(model), "--run", str(d / "runs" / f"bm25.{split}.top100.trec"),
             "--queries", str(d / "queries.jsonl"), "--corpus", str(corpus), "--depth", str(args.depth),
             "--max_len", str(args.max_len), "--output", str(scores)]
@@ -198,7 +219,7 @@ def evaluate_all(args, runs: dict[str, dict]) -> tuple[list[dict], dict[str, dic
     from bigrerank.evaluation.evaluate import per_query
 
     _, split = SPLITS[args.collection]
-    d = DATA / args.collection
+    d = collection_dir(args)
     qrels = read_qrels(d / "qrels" / f"{split}.tsv")
     systems = {"BM25": read_run(d / "runs" / f"bm25.{split}.top100.trec")}
     systems.update({loss.upper(): read_run(r["scores"], "scores") for loss, r in runs.items()})
@@ -348,12 +369,12 @@ def main(argv=None) -> int:
     if args.groups_table:
         print(groups_table([json.loads(Path(p).read_text()) for p in args.groups_table]))
         return 0
-    if not (DATA / args.collection).is_dir():
+    if args.collection != "stdlib" and not (DATA / args.collection).is_dir():
         print(f"skipping {args.collection}: {DATA / args.collection} not found (the shared IR data is absent)")
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = DATA / args.collection / "corpus.jsonl"  # `prepare` leaves out documents with no title and no text
+    corpus = collection_dir(args) / "corpus.jsonl"  # `prepare` leaves out documents with no title and no text
     train_path = prepare(args, corpus, work)
     if args.prepare_only:
         return 0
