@@ -9,6 +9,7 @@ bench/quality_results/<collection>_<name>.{json,md}; models and scores stay unde
     python bench/quality.py --collection scifact --name final
     python bench/quality.py --summarize bench/quality_results/scifact_ablation_*.json
     python bench/quality.py --groups_table bench/quality_results/scifact_groups_*.json   # `quality.sh groups`
+    python bench/quality.py --seeds_table bench/quality_results/scifact_final_s*.json    # LCE vs BCE over seeds
 
 Each result JSON keeps every system's per-query nDCG@10 and RR@10 (`per_query`), so that tables over several
 runs (seeds, group sizes) can test differences paired over queries (`bigrerank eval --compare`'s tests).
@@ -68,9 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print one table from result files and exit")
     p.add_argument("--groups_table", nargs="+", metavar="JSON",
                    help="print the group-size table (LCE runs of several --train_group_size/--max_steps/--seed) and exit")
+    p.add_argument("--seeds_table", nargs="+", metavar="JSON",
+                   help="print LCE vs BCE over the seeds of one recipe (result files differing only in --seed) and exit")
     args = p.parse_args(argv)
-    if not (args.summarize or args.groups_table or args.collection):
-        p.error("--collection is required (or --summarize / --groups_table)")
+    if not (args.summarize or args.groups_table or args.seeds_table or args.collection):
+        p.error("--collection is required (or --summarize / --groups_table / --seeds_table)")
     if ("distill" in args.losses) != (args.teacher is not None):
         p.error("--losses distill and --teacher go together")
     return args
@@ -361,6 +364,49 @@ def groups_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _recipe(row: dict) -> dict:
+    return {key: value for key, value in row["train"].items() if key not in ("loss", "seed")}
+
+
+def seeds_table(results: list[dict]) -> str:
+    """LCE against BCE over the seeds of one recipe: a row per seed (each loss's nDCG@10 / RR@10, LCE - BCE with
+    its paired t-test), the mean ± sd over seeds, and the pooled test: LCE - BCE on the seed-averaged per-query
+    nDCG@10, paired t-test and paired bootstrap (`eval --compare`'s tests) over the evaluation queries."""
+    from bigrerank.evaluation.compare import compare
+
+    seeds, recipes = [], set()
+    for result in sorted(results, key=lambda r: r["name"]):
+        rows = {row["system"]: row for row in result["rows"]}
+        if not {"LCE", "BCE"} <= rows.keys() or not {"LCE", "BCE"} <= result.get("per_query", {}).keys():
+            sys.exit(f"{result['name']}: the seeds table needs LCE and BCE rows with per-query values")
+        recipes |= {json.dumps(_recipe(rows[loss]), sort_keys=True) for loss in ("LCE", "BCE")}
+        seeds.append({"seed": rows["LCE"]["train"].get("seed", "default"), "rows": rows,
+                      "values": result["per_query"], "bm25": rows["BM25"]})
+    if len(recipes) != 1:
+        sys.exit("the seeds table compares runs of one recipe: these result files differ in more than the seed")
+    lines = ["| seed | BCE nDCG@10 / RR@10 | LCE nDCG@10 / RR@10 | LCE - BCE nDCG@10 | train wall s |", "|---|---|---|---|---|"]
+    for s in seeds:
+        lce, bce = s["rows"]["LCE"], s["rows"]["BCE"]
+        lines.append(f"| {s['seed']} | {bce['nDCG@10']:.4f} / {bce['RR@10']:.4f} | {lce['nDCG@10']:.4f} / "
+                     f"{lce['RR@10']:.4f} | {_versus(s['values']['BCE'], s['values']['LCE'])} | "
+                     f"{lce.get('train_wall_s') or ''} |")
+    column = {(loss, m): [s["rows"][loss][m] for s in seeds] for loss in ("LCE", "BCE") for m in METRICS}
+    gaps = [s["rows"]["LCE"]["nDCG@10"] - s["rows"]["BCE"]["nDCG@10"] for s in seeds]
+    lines.append(f"| mean ± sd | {_spread(column['BCE', 'nDCG@10'], extremes=False)} / "
+                 f"{statistics.fmean(column['BCE', 'RR@10']):.4f} | {_spread(column['LCE', 'nDCG@10'], extremes=False)}"
+                 f" / {statistics.fmean(column['LCE', 'RR@10']):.4f} | {_spread(gaps, extremes=False)} | |")
+    lce, bce = (_seed_mean([{"values": s["values"][loss]} for s in seeds]) for loss in ("LCE", "BCE"))
+    (t_test,) = [d for d in compare(bce, lce) if d.metric == "nDCG@10"]
+    (boot,) = [d for d in compare(bce, lce, test="bootstrap") if d.metric == "nDCG@10"]
+    wins = sum(gap > 0 for gap in gaps)
+    lines += ["", f"BM25: {seeds[0]['bm25']['nDCG@10']:.4f} / {seeds[0]['bm25']['RR@10']:.4f}. "
+              f"LCE ahead on {wins} of {len(seeds)} seeds. Pooled over the {len(seeds)} seeds (per-query nDCG@10 "
+              f"averaged over seeds): LCE - BCE {t_test.delta:+.4f}, 95% bootstrap CI [{boot.low:+.4f}, "
+              f"{boot.high:+.4f}], paired t-test p {t_test.p_value:.3f}, bootstrap p {boot.p_value:.3f}"
+              f"{' (significant)' if t_test.significant and boot.significant else ' (not significant)'}."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.summarize:
@@ -368,6 +414,9 @@ def main(argv=None) -> int:
         return 0
     if args.groups_table:
         print(groups_table([json.loads(Path(p).read_text()) for p in args.groups_table]))
+        return 0
+    if args.seeds_table:
+        print(seeds_table([json.loads(Path(p).read_text()) for p in args.seeds_table]))
         return 0
     if args.collection != "stdlib" and not (DATA / args.collection).is_dir():
         print(f"skipping {args.collection}: {DATA / args.collection} not found (the shared IR data is absent)")
