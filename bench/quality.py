@@ -375,7 +375,7 @@ def seeds_table(results: list[dict]) -> str:
     from bigrerank.evaluation.compare import compare
 
     seeds, recipes = [], set()
-    for result in sorted(results, key=lambda r: r["name"]):
+    for result in results:
         rows = {row["system"]: row for row in result["rows"]}
         if not {"LCE", "BCE"} <= rows.keys() or not {"LCE", "BCE"} <= result.get("per_query", {}).keys():
             sys.exit(f"{result['name']}: the seeds table needs LCE and BCE rows with per-query values")
@@ -384,6 +384,7 @@ def seeds_table(results: list[dict]) -> str:
                       "values": result["per_query"], "bm25": rows["BM25"]})
     if len(recipes) != 1:
         sys.exit("the seeds table compares runs of one recipe: these result files differ in more than the seed")
+    seeds.sort(key=lambda s: (isinstance(s["seed"], str), s["seed"] if isinstance(s["seed"], int) else 0))
     lines = ["| seed | BCE nDCG@10 / RR@10 | LCE nDCG@10 / RR@10 | LCE - BCE nDCG@10 | train wall s |", "|---|---|---|---|---|"]
     for s in seeds:
         lce, bce = s["rows"]["LCE"], s["rows"]["BCE"]

@@ -41,13 +41,14 @@ class Recipe:
     max_len: int
     learning_rate: float
     warmup_ratio: float
+    head_init_std: float  # a new score head 10x the usual N(0, 0.02): it leaves the ln(group) plateau sooner
     rerank_depth: int
 
 
 FULL = Recipe(train_queries=800, test_queries=150, negatives=30, steps=150, group_size=8, batch_size=4,
-              max_len=64, learning_rate=2e-4, warmup_ratio=0.1, rerank_depth=30)
+              max_len=64, learning_rate=2e-4, warmup_ratio=0.1, head_init_std=0.2, rerank_depth=30)
 QUICK = Recipe(train_queries=300, test_queries=50, negatives=30, steps=12, group_size=4, batch_size=4,
-               max_len=64, learning_rate=2e-4, warmup_ratio=0.1, rerank_depth=10)
+               max_len=64, learning_rate=2e-4, warmup_ratio=0.1, head_init_std=0.2, rerank_depth=10)
 
 
 @dataclass
@@ -99,8 +100,8 @@ def train_command(recipe: Recipe, model: str, train_path: Path, model_dir: Path)
             "--train_group_size", str(recipe.group_size), "--max_len", str(recipe.max_len),
             "--per_device_train_batch_size", str(recipe.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(recipe.learning_rate), "--warmup_ratio", str(recipe.warmup_ratio),
-            "--num_train_epochs", "1", "--max_steps", str(recipe.steps), "--logging_steps", "10",
-            "--save_steps", str(recipe.steps + 1), "--seed", "42"]
+            "--head_init_std", str(recipe.head_init_std), "--num_train_epochs", "1", "--max_steps", str(recipe.steps),
+            "--logging_steps", "10", "--save_steps", str(recipe.steps + 1), "--seed", "42"]
 
 
 def train(command: list[str], model_dir: Path) -> None:

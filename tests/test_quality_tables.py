@@ -77,3 +77,35 @@ def test_distill_needs_a_teacher():
         quality.parse_args(["--collection", "scifact", "--losses", "distill"])
     args = quality.parse_args(["--collection", "scifact", "--losses", "distill", "--teacher", "t", "--threads", "1"])
     assert args.teacher == "t" and args.threads == 1
+
+
+def seed_result(seed: int, lce_shift: float, bce_shift: float, **recipe) -> dict:
+    """One run with LCE and BCE rows at `seed`: per-query nDCG@10 = BM25's + each loss's shift (query 0: twice)."""
+    data = result(16, 600, seed, lce_shift)
+    (lce,) = [row for row in data["rows"] if row["system"] == "LCE"]
+    lce["train"].update(recipe)
+    bce_values = [v + bce_shift * (2 if i == 0 else 1) for i, v in enumerate(BM25)]
+    mean = sum(bce_values) / len(bce_values)
+    data["rows"].append({**lce, "system": "BCE", "nDCG@10": mean, "RR@10": mean, "train": {**lce["train"], "loss": "bce"}})
+    lce["train"]["loss"] = "lce"
+    data["per_query"]["BCE"] = {metric: dict(zip(QUERIES, bce_values)) for metric in ("nDCG@10", "RR@10")}
+    return data
+
+
+def test_seeds_table_rows_spread_and_pooled_test():
+    text = quality.seeds_table([seed_result(3, 0.10, 0.04), seed_result(2, 0.05, 0.07), seed_result(4, 0.12, 0.03)])
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "seed |" not in line]
+    assert [row[0].strip() for row in rows] == ["2", "3", "4", "mean ± sd"]
+    assert rows[0][3].strip().startswith(f"{-0.02 * 7 / 6:+.4f} (")  # seed 2: LCE behind BCE
+    gaps = [0.06 * 7 / 6, -0.02 * 7 / 6, 0.09 * 7 / 6]
+    assert rows[3][3].strip().startswith(f"{sum(gaps) / 3:.4f} ± ")
+    assert "LCE ahead on 2 of 3 seeds" in text
+    assert f"LCE - BCE {sum(gaps) / 3:+.4f}" in text  # pooled: the seed-averaged per-query difference
+
+
+def test_seeds_table_refuses_mixed_recipes_and_missing_bce():
+    with pytest.raises(SystemExit, match="more than the seed"):
+        quality.seeds_table([seed_result(2, 0.1, 0.0), seed_result(3, 0.1, 0.0, max_len=128)])
+    lce_only = result(16, 600, 2, 0.1)
+    with pytest.raises(SystemExit, match="LCE and BCE"):
+        quality.seeds_table([lce_only])
