@@ -291,10 +291,16 @@ def _seed_mean(runs: list[dict]) -> dict[str, dict[str, float]]:
     return {m: {q: statistics.fmean(r["values"][m][q] for r in runs) for q in first[m]} for m in first}
 
 
-def _versus(base: dict, values: dict) -> str:
+def _ndcg_difference(base: dict, values: dict, test: str = "student"):
+    """`eval --compare`'s nDCG@10 `Difference` of per-query values over base's, paired over the queries."""
     from bigrerank.evaluation.compare import compare
 
-    (diff,) = [d for d in compare(base, values) if d.metric == "nDCG@10"]
+    (diff,) = [d for d in compare(base, values, test=test) if d.metric == "nDCG@10"]
+    return diff
+
+
+def _versus(base: dict, values: dict) -> str:
+    diff = _ndcg_difference(base, values)
     p_value = "p < 0.001" if diff.p_value < 0.001 else f"p {diff.p_value:.3f}"
     return f"{diff.delta:+.4f} ({p_value}{', significant' if diff.significant else ''})"
 
@@ -372,8 +378,6 @@ def seeds_table(results: list[dict]) -> str:
     """LCE against BCE over the seeds of one recipe: a row per seed (each loss's nDCG@10 / RR@10, LCE - BCE with
     its paired t-test), the mean ± sd over seeds, and the pooled test: LCE - BCE on the seed-averaged per-query
     nDCG@10, paired t-test and paired bootstrap (`eval --compare`'s tests) over the evaluation queries."""
-    from bigrerank.evaluation.compare import compare
-
     seeds, recipes = [], set()
     for result in results:
         rows = {row["system"]: row for row in result["rows"]}
@@ -397,8 +401,7 @@ def seeds_table(results: list[dict]) -> str:
                  f"{statistics.fmean(column['BCE', 'RR@10']):.4f} | {_spread(column['LCE', 'nDCG@10'], extremes=False)}"
                  f" / {statistics.fmean(column['LCE', 'RR@10']):.4f} | {_spread(gaps, extremes=False)} | |")
     lce, bce = (_seed_mean([{"values": s["values"][loss]} for s in seeds]) for loss in ("LCE", "BCE"))
-    (t_test,) = [d for d in compare(bce, lce) if d.metric == "nDCG@10"]
-    (boot,) = [d for d in compare(bce, lce, test="bootstrap") if d.metric == "nDCG@10"]
+    t_test, boot = _ndcg_difference(bce, lce), _ndcg_difference(bce, lce, test="bootstrap")
     wins = sum(gap > 0 for gap in gaps)
     lines += ["", f"BM25: {seeds[0]['bm25']['nDCG@10']:.4f} / {seeds[0]['bm25']['RR@10']:.4f}. "
               f"LCE ahead on {wins} of {len(seeds)} seeds. Pooled over the {len(seeds)} seeds (per-query nDCG@10 "
@@ -413,12 +416,10 @@ def main(argv=None) -> int:
     if args.summarize:
         summarize(args.summarize)
         return 0
-    if args.groups_table:
-        print(groups_table([json.loads(Path(p).read_text()) for p in args.groups_table]))
-        return 0
-    if args.seeds_table:
-        print(seeds_table([json.loads(Path(p).read_text()) for p in args.seeds_table]))
-        return 0
+    for paths, make_table in ((args.groups_table, groups_table), (args.seeds_table, seeds_table)):
+        if paths:
+            print(make_table([json.loads(Path(path).read_text()) for path in paths]))
+            return 0
     if args.collection != "stdlib" and not (DATA / args.collection).is_dir():
         print(f"skipping {args.collection}: {DATA / args.collection} not found (the shared IR data is absent)")
         return 0
