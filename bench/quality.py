@@ -374,10 +374,19 @@ def _recipe(row: dict) -> dict:
     return {key: value for key, value in row["train"].items() if key not in ("loss", "seed")}
 
 
+def _over_seeds(gaps: list[float]) -> str:
+    """The paired t-test over seeds (one LCE - BCE gap a seed: the spread of training randomness), from 2 seeds."""
+    if len(gaps) < 2:
+        return ""
+    from scipy.stats import ttest_1samp
+    return f" (paired t-test over the seeds: p {ttest_1samp(gaps, 0.0).pvalue:.3f})"
+
+
 def seeds_table(results: list[dict]) -> str:
     """LCE against BCE over the seeds of one recipe: a row per seed (each loss's nDCG@10 / RR@10, LCE - BCE with
-    its paired t-test), the mean ± sd over seeds, and the pooled test: LCE - BCE on the seed-averaged per-query
-    nDCG@10, paired t-test and paired bootstrap (`eval --compare`'s tests) over the evaluation queries."""
+    its paired t-test), the mean ± sd over seeds with a paired t-test over the seeds, and the pooled test:
+    LCE - BCE on the seed-averaged per-query nDCG@10, paired t-test and paired bootstrap (`eval --compare`'s
+    tests) over the evaluation queries."""
     seeds, recipes = [], set()
     for result in results:
         rows = {row["system"]: row for row in result["rows"]}
@@ -404,7 +413,7 @@ def seeds_table(results: list[dict]) -> str:
     t_test, boot = _ndcg_difference(bce, lce), _ndcg_difference(bce, lce, test="bootstrap")
     wins = sum(gap > 0 for gap in gaps)
     lines += ["", f"BM25: {seeds[0]['bm25']['nDCG@10']:.4f} / {seeds[0]['bm25']['RR@10']:.4f}. "
-              f"LCE ahead on {wins} of {len(seeds)} seeds. Pooled over the {len(seeds)} seeds (per-query nDCG@10 "
+              f"LCE ahead on {wins} of {len(seeds)} seeds{_over_seeds(gaps)}. Pooled over the {len(seeds)} seeds (per-query nDCG@10 "
               f"averaged over seeds): LCE - BCE {t_test.delta:+.4f}, 95% bootstrap CI [{boot.low:+.4f}, "
               f"{boot.high:+.4f}], paired t-test p {t_test.p_value:.3f}, bootstrap p {boot.p_value:.3f}"
               f"{' (significant)' if t_test.significant and boot.significant else ' (not significant)'}."]

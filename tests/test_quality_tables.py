@@ -99,7 +99,9 @@ def test_seeds_table_rows_spread_and_pooled_test():
     assert rows[0][3].strip().startswith(f"{-0.02 * 7 / 6:+.4f} (")  # seed 2: LCE behind BCE
     gaps = [0.06 * 7 / 6, -0.02 * 7 / 6, 0.09 * 7 / 6]
     assert rows[3][3].strip().startswith(f"{sum(gaps) / 3:.4f} ± ")
-    assert "LCE ahead on 2 of 3 seeds" in text
+    mean, sd = sum(gaps) / 3, (sum((g - sum(gaps) / 3) ** 2 for g in gaps) / 2) ** 0.5
+    t = mean / (sd / 3 ** 0.5)  # 2 degrees of freedom: two-sided p = 1 - t / sqrt(2 + t^2)
+    assert f"LCE ahead on 2 of 3 seeds (paired t-test over the seeds: p {1 - t / (2 + t * t) ** 0.5:.3f})" in text
     assert f"LCE - BCE {sum(gaps) / 3:+.4f}" in text  # pooled: the seed-averaged per-query difference
 
 
