@@ -28,6 +28,7 @@ setup(
         "accelerate>=1.1",
         "peft>=0.13",
         "ranx>=0.3.20",
+        "xxhash>=3.0",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},

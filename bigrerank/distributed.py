@@ -77,6 +77,15 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
+def gather(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if world_size() == 1:
+        return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def every_rank(flag: bool) -> bool:
     """True when `flag` holds on every rank (one all-reduce)."""
     return all_reduce([float(flag)], "min")[0] > 0

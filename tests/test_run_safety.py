@@ -288,3 +288,39 @@ def test_an_unwritable_output_dir_is_one_line_before_the_model_loads(data, tmp_p
     assert _train(_argv(data, locked / "out", "--max_steps", "2")) == 2
     _one_line_error(capsys, "--output_dir is not writable", f"({locked} denies writing)")
     assert list(locked.iterdir()) == []
+
+
+def _damage(path: Path) -> None:
+    """A disk or copy fault: the file overwritten in place with zeros, its size unchanged."""
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def test_a_file_damaged_in_place_is_named_by_consolidate_and_nothing_is_written(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _train(_argv(data, out, "--max_steps", "2")) == 0
+    states = out / "checkpoints" / "step-2" / "mp_rank_00_model_states.pt"
+    _damage(states)
+    assert store.incomplete_reason(states.parent) is None  # the sizes cannot see it
+    capsys.readouterr()
+    assert cli.main(["consolidate", str(out / "checkpoints"), str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bigrerank consolidate: error: {states.parent}: checkpoint cannot be read: {states} is damaged: "
+                   "its content is not what the save wrote (checksum)"], err
+    assert not (tmp_path / "model").exists()
+
+
+def test_resume_latest_falls_back_past_a_damaged_checkpoint_and_says_so(data, tmp_path, caplog, capsys):
+    out = tmp_path / "out"
+    assert _train(_argv(data, out, "--max_steps", "4")) == 0  # checkpoints at steps 2 and 4
+    _damage(out / "checkpoints" / "step-4" / "mp_rank_00_model_states.pt")
+    # a named tag that is damaged: one line naming the file
+    assert _train(_argv(data, out, "--max_steps", "4", "--resume_from_checkpoint",
+                        str(out / "checkpoints" / "step-4"))) == 2
+    _one_line_error(capsys, "cannot resume from", "step-4/mp_rank_00_model_states.pt is damaged")
+    # 'latest': the previous complete checkpoint, and the log says which and why
+    assert _train(_argv(data, out, "--max_steps", "4", "--resume_from_checkpoint", "latest")) == 0
+    assert ("checkpoint step-4 cannot be resumed from" in caplog.text and "mp_rank_00_model_states.pt is damaged"
+            in caplog.text and "resuming from the previous one, step-2" in caplog.text)
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4], steps  # the log kept up to the resumed step, then steps 3 and 4 again
+    assert store.damaged(out / "checkpoints" / "step-4") is None  # saved anew

@@ -26,7 +26,7 @@ from ..command_line import CommandParser
 from ..errors import InputError
 from ..scoring import ScoringContract
 from .export_heads import yes_no_to_classifier
-from .store import MANIFEST, incomplete_reason, is_save_dir, latest, read_manifest
+from .store import MANIFEST, damaged, incomplete_reason, is_save_dir, latest, read_manifest
 
 TRAINING_INFO = "bigrerank_training.json"
 EXPORTED_FILES = "exported_files"  # the key of TRAINING_INFO listing the export's files
@@ -65,6 +65,9 @@ def locate(checkpoint, tag: str | None = None) -> tuple[Path, str]:
     reason = incomplete_reason(path / tag)
     if reason:
         raise InputError(path / tag, f"checkpoint is not complete: {reason}")
+    reason = damaged(path / tag)
+    if reason:
+        raise InputError(path / tag, f"checkpoint cannot be read: {reason}")
     return path, tag
 
 

@@ -3,9 +3,13 @@
 
 Layout under `<output_dir>/checkpoints/`: one DeepSpeed tag directory per saved step (`step-<N>/`),
 each holding DeepSpeed's files, `hf/` (model config + tokenizer, so the tag consolidates on its own),
-`rng_state_<rank>.pt`, and last `COMPLETE` (the files written with their sizes, and the run's client state;
-added only after every rank finished, and removed before any rank writes when a tag is saved again). The
-`latest` pointer is replaced atomically after each complete save.
+`rng_state_<rank>.pt`, and last `COMPLETE` (the files written with their sizes and xxh3 checksums, and the run's
+client state; added only after every rank finished, and removed before any rank writes when a tag is saved again).
+The `latest` pointer is replaced atomically after each complete save.
+
+A tag is complete when its marker is there and every file it lists has its size (cheap: listing, rotation).
+Before a tag is read (resume, consolidation) `damaged` also compares every file's checksum, which finds a file
+overwritten in place with the same size; the ranks share that work.
 
 "latest" has one meaning everywhere (`latest`: resume, rotation, consolidation): the tag the pointer names,
 when it is complete; else the newest complete tag before it (a re-save of that tag was cut short); without a
@@ -20,6 +24,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import xxhash
 
 from .. import distributed
 from ..atomic import atomic_file
@@ -74,16 +79,18 @@ def save(engine, root, step: int, client_state: dict, model_config, tokenizer, k
     distributed.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(RngState().to_dict(), tag_dir / f"rng_state_{distributed.rank()}.pt")
-    distributed.barrier()
     if distributed.is_main():
         model_config.save_pretrained(tag_dir / "hf")
         tokenizer.save_pretrained(tag_dir / "hf")
         for name, text in (hf_files or {}).items():
             (tag_dir / "hf" / name).write_text(text)
-        files = sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
-        manifest = {"step": step, "world_size": distributed.world_size(),
-                    "files": [str(p.relative_to(tag_dir)) for p in files],
-                    "sizes": {str(p.relative_to(tag_dir)): p.stat().st_size for p in files},
+    distributed.barrier()
+    files = distributed.gather(sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*")
+                                      if p.is_file() and p.name != MANIFEST) if distributed.is_main() else None)[0]
+    sums = checksums(tag_dir, files)
+    if distributed.is_main():
+        manifest = {"step": step, "world_size": distributed.world_size(), "files": files,
+                    "sizes": {name: (tag_dir / name).stat().st_size for name in files}, "checksums": sums,
                     "client_state": client_state, "master_weight_groups": master_weight_groups(engine)}
         with atomic_file(tag_dir / MANIFEST) as f:
             json.dump(manifest, f, indent=1)
@@ -129,6 +136,38 @@ def incomplete_reason(tag_dir: Path) -> str | None:
         found, size = (tag_dir / name).stat().st_size, sizes.get(name)
         if size is not None and found != size:
             return f"{tag_dir / name} has {found} bytes, the save wrote {size} (truncated or replaced)"
+    return None
+
+
+def file_checksum(path: Path) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksums(tag_dir: Path, names: list[str]) -> dict[str, str]:
+    """{name: xxh3 checksum} of the files `names`; each rank hashes every world-th one, every rank gets them all."""
+    mine = {name: file_checksum(tag_dir / name) for name in names[distributed.rank()::distributed.world_size()]}
+    return {name: value for share in distributed.gather(mine) for name, value in share.items()}
+
+
+def damaged(tag_dir: Path) -> str | None:
+    """Why a complete tag's files cannot be trusted (a file whose checksum is not the one saved), or None.
+
+    Collective when a process group runs (each rank checks a share, every rank gets the same answer). A tag saved
+    without checksums is checked for its sizes only."""
+    tag_dir = Path(tag_dir)
+    reason = incomplete_reason(tag_dir)
+    if reason:
+        return reason
+    saved = read_manifest(tag_dir).get("checksums") or {}
+    found = checksums(tag_dir, sorted(saved))
+    bad = [name for name in sorted(saved) if found[name] != saved[name]]
+    if bad:
+        return (f"{tag_dir / bad[0]} is damaged: its content is not what the save wrote (checksum)"
+                + (f", and {len(bad) - 1} more file(s)" if len(bad) > 1 else ""))
     return None
 
 
@@ -185,6 +224,23 @@ def resolve(root, requested: str | None) -> Path | None:
     if reason:
         raise InputError("--resume_from_checkpoint", f"cannot resume from {path}: {reason}")
     return path
+
+
+def trusted(tag_dir: Path, fall_back: bool) -> Path:
+    """`tag_dir` when its files are intact (`damaged`, collective); else, with `fall_back` (a resume from
+    'latest'), the newest older complete tag that is, said in the log; else an InputError naming the damaged file."""
+    tag_dir = Path(tag_dir)
+    while True:
+        reason = damaged(tag_dir)
+        if reason is None:
+            return tag_dir
+        step = int(TAG.match(tag_dir.name).group(1)) if TAG.match(tag_dir.name) else None
+        older = [t for t in complete_tags(tag_dir.parent) if step is not None and int(TAG.match(t).group(1)) < step]
+        if not (fall_back and older):
+            raise InputError("--resume_from_checkpoint", f"cannot resume from {tag_dir}: {reason}")
+        log.warning("checkpoint %s cannot be resumed from (%s): resuming from the previous one, %s", tag_dir.name,
+                    reason, older[-1])
+        tag_dir = tag_dir.parent / older[-1]
 
 
 def load(engine, tag_dir: Path) -> dict:

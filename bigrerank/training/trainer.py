@@ -112,6 +112,8 @@ def prepare(model_args, data_args, args) -> Run:
     resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     eval_set = evaluation.read_eval_set(args, len(tokenizer))
     distributed.init(args.ddp_timeout)
+    if resume_dir is not None:  # every file as saved (checksums, the ranks sharing the work), or an older tag
+        resume_dir = store.trusted(resume_dir, fall_back=args.resume_from_checkpoint == "latest")
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
     with_teacher = losses.LOSSES[args.loss].needs_teacher
     dataset = distributed.main_first(  # rank 0 validates and converts once; the others open the cache
