@@ -24,17 +24,17 @@ if [ ! -d "$DATA" ]; then
 fi
 export BIGRERANK_QUALITY_OUT=${BIGRERANK_QUALITY_OUT:-/tmp/bigrerank_quality}
 
-# The recipe (see bench/quality_results/README.md for why).
+# The recipe (docs/benchmarks/quality.md has the measurements behind each value).
 LR=${QUALITY_LR:-1e-4}
 WARMUP=${QUALITY_WARMUP:-0.1}
-GROUP=${QUALITY_GROUP:-16}  # eleventh session: G 16 passes 0.70 and leads BCE on 4 of 4 seeds; G 8 does not
+GROUP=${QUALITY_GROUP:-16}  # G 16: LCE 0.714 over 4 seeds, ahead of BCE on each; G 8: LCE 0.689, level with BCE
 SEEDS=(${QUALITY_SEEDS:-2 3 4 5})
 BATCH=${QUALITY_BATCH:-4}
 MAX_LEN=${QUALITY_MAX_LEN:-96}
 STEPS=${QUALITY_STEPS:-600}
 HEAD=${QUALITY_HEAD_INIT_STD:-0.2}
 DEPTH=${QUALITY_DEPTH:-100}
-BF16=${QUALITY_BF16:-1}  # train in bf16 (fifth session: the 0.70 recipe); 0 = fp32
+BF16=${QUALITY_BF16:-1}  # train in bf16; 0 = fp32
 base=(--learning_rate "$LR" --warmup_ratio "$WARMUP" --per_device_train_batch_size "$BATCH" --max_len "$MAX_LEN"
       --head_init_std "$HEAD" --depth "$DEPTH")
 [[ $BF16 == 1 ]] && base+=(--bf16)
@@ -116,8 +116,8 @@ negatives() {
     # The negatives options of `bigrerank prepare train`, each against the same LCE run without it: G 8,
     # QUALITY_NEGATIVES_STEPS steps, dev BM25 top 30, seed 1. --negatives_from 6 (skip the BM25 top 5),
     # --random_negatives 8 (corpus negatives mixed into the 30 hard ones), and --teacher QUALITY_TEACHER with
-    # --loss distill (default teacher: the LCE model of `quality.sh scifact`'s first seed; negatives.md was measured
-    # with the earlier G 8 recipe's LCE model, QUALITY_TEACHER=$BIGRERANK_QUALITY_OUT/scifact_final_lce). Results: negatives.md.
+    # --loss distill (default teacher: the LCE model of `quality.sh scifact`'s first seed; negatives.md has
+    # QUALITY_TEACHER=$BIGRERANK_QUALITY_OUT/scifact_final_s3_lce, the G 8 recipe's seed-3 LCE model). Results: negatives.md.
     local steps=${QUALITY_NEGATIVES_STEPS:-200} teacher=${QUALITY_TEACHER:-$BIGRERANK_QUALITY_OUT/scifact_g${GROUP}_s${SEEDS[0]}_lce}
     local common="--collection scifact --train_group_size 8 --max_steps $steps --seed 1 ${base[*]} --depth 30"
     [[ -f $teacher/config.json ]] || { echo "bench/quality.sh negatives: no teacher model in $teacher" >&2; exit 2; }
