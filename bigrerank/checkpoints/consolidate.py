@@ -45,8 +45,9 @@ def exported_files(directory) -> list[Path]:
     return sorted(Path(directory) / name for name in plain if (Path(directory) / name).exists())
 
 
-def locate(checkpoint, tag: str | None = None) -> tuple[Path, str]:
-    """(DeepSpeed save dir, tag) from a save dir (+ optional tag, else its `latest`) or a tag dir itself."""
+def locate(checkpoint, tag: str | None = None, verify: bool = True) -> tuple[Path, str]:
+    """(DeepSpeed save dir, tag) from a save dir (+ optional tag, else its `latest`) or a tag dir itself; with
+    `verify`, every file's checksum is compared with the saved one."""
     path = Path(checkpoint)
     if not path.is_dir():
         raise InputError(path, "no such checkpoint directory")
@@ -65,7 +66,7 @@ def locate(checkpoint, tag: str | None = None) -> tuple[Path, str]:
     reason = incomplete_reason(path / tag)
     if reason:
         raise InputError(path / tag, f"checkpoint is not complete: {reason}")
-    reason = damaged(path / tag)
+    reason = damaged(path / tag) if verify else None
     if reason:
         raise InputError(path / tag, f"checkpoint cannot be read: {reason}")
     return path, tag
@@ -195,10 +196,11 @@ def _place(tmp: Path, out_dir: Path) -> None:
 
 
 def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False,
-                adapter_only: bool = False) -> Path:
+                adapter_only: bool = False, verify: bool = True) -> Path:
     """A checkpoint as a Hugging Face directory: LoRA merged into its base (or, with `adapter_only`, the peft
-    adapter); a `yes_no` model becomes a sequence classifier unless `keep_causal_lm`."""
-    root, tag = locate(checkpoint, tag)
+    adapter); a `yes_no` model becomes a sequence classifier unless `keep_causal_lm`. `verify`: compare every
+    file's checksum first (the end of training skips it for the checkpoint it has just written)."""
+    root, tag = locate(checkpoint, tag, verify)
     hf_dir = root / tag / "hf"
     if adapter_only and not lora.is_lora(hf_dir):
         raise InputError(root / tag, "--adapter_only: this checkpoint was not trained with LoRA (--lora_r)")

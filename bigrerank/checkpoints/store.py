@@ -147,23 +147,26 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checksums(tag_dir: Path, names: list[str]) -> dict[str, str]:
-    """{name: xxh3 checksum} of the files `names`; each rank hashes every world-th one, every rank gets them all."""
+def checksums(tag_dir: Path, names: list[str], shared: bool = True) -> dict[str, str]:
+    """{name: xxh3 checksum} of the files `names`; `shared` (collective): each rank hashes every world-th one and
+    every rank gets them all."""
+    if not shared:
+        return {name: file_checksum(tag_dir / name) for name in names}
     mine = {name: file_checksum(tag_dir / name) for name in names[distributed.rank()::distributed.world_size()]}
     return {name: value for share in distributed.gather(mine) for name, value in share.items()}
 
 
-def damaged(tag_dir: Path) -> str | None:
+def damaged(tag_dir: Path, shared: bool = False) -> str | None:
     """Why a complete tag's files cannot be trusted (a file whose checksum is not the one saved), or None.
 
-    Collective when a process group runs (each rank checks a share, every rank gets the same answer). A tag saved
-    without checksums is checked for its sizes only."""
+    `shared`: collective, each rank checks a share and every rank gets the same answer. A tag saved without
+    checksums is checked for its sizes only."""
     tag_dir = Path(tag_dir)
     reason = incomplete_reason(tag_dir)
     if reason:
         return reason
     saved = read_manifest(tag_dir).get("checksums") or {}
-    found = checksums(tag_dir, sorted(saved))
+    found = checksums(tag_dir, sorted(saved), shared)
     bad = [name for name in sorted(saved) if found[name] != saved[name]]
     if bad:
         return (f"{tag_dir / bad[0]} is damaged: its content is not what the save wrote (checksum)"
@@ -227,11 +230,11 @@ def resolve(root, requested: str | None) -> Path | None:
 
 
 def trusted(tag_dir: Path, fall_back: bool) -> Path:
-    """`tag_dir` when its files are intact (`damaged`, collective); else, with `fall_back` (a resume from
+    """`tag_dir` when its files are intact (`damaged`, the ranks sharing the work); else, with `fall_back` (a resume from
     'latest'), the newest older complete tag that is, said in the log; else an InputError naming the damaged file."""
     tag_dir = Path(tag_dir)
     while True:
-        reason = damaged(tag_dir)
+        reason = damaged(tag_dir, shared=True)
         if reason is None:
             return tag_dir
         step = int(TAG.match(tag_dir.name).group(1)) if TAG.match(tag_dir.name) else None

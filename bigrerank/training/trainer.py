@@ -271,8 +271,9 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
 
         final = checkpoints.save(step)
         if distributed.is_main():
-            consolidate(checkpoints.to_export(final), Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
-                        adapter_only=model_args.adapter_only)
+            export = checkpoints.to_export(final)
+            consolidate(export, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
+                        adapter_only=model_args.adapter_only, verify=export != final)
             if train_log is not None:
                 train_log.finish()
         distributed.barrier()
