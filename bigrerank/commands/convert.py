@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..atomic import atomic_file
 from ..data.collection import RUN_FORMATS, read_run_announced
 from ..data.runs import FORMATS, run_lines
-from ..outputs import check_output
+from .outputs import check_output
 from .parser import CommandParser, one_word
 
 

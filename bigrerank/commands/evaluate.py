@@ -11,7 +11,7 @@ from ..data.collection import RUN_FORMATS, read_qrels, read_run_announced
 from ..errors import InputError, UsageError
 from ..evaluation.compare import TESTS, compare, format_comparison
 from ..evaluation.metrics import DEFAULT_METRICS, coverage, evaluate, format_table, parse_metrics, per_query
-from ..outputs import check_output
+from .outputs import check_output
 from .parser import CommandParser
 
 

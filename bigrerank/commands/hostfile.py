@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..atomic import atomic_file
-from ..outputs import check_output
 from ..slurm import hostfile_slots, hostfile_text
+from .outputs import check_output
 from .parser import CommandParser
 
 

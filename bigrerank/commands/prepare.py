@@ -24,7 +24,7 @@ from ..data.collection import (RUN_FORMATS, empty_documents, passage_text, read_
 from ..data.negatives import RandomNegatives
 from ..data.prepare import check_documents_known, ids_path, rerank_pairs, token_ids, training_groups
 from ..errors import InputError, UsageError
-from ..outputs import check_output
+from .outputs import check_output
 from .parser import CommandParser, at_least
 
 SUBCOMMANDS = ("train", "rerank")

@@ -22,7 +22,7 @@ from ..inference.host_memory import retain_freed_memory
 from ..inference.rerank import (open_reranker, require_model_dir, score_candidates, trained_max_len,
                                 write_scores)
 from ..inference.reranker import default_device
-from ..outputs import check_output
+from .outputs import check_output
 from .parser import CommandParser, at_least
 
 SOURCE_FLAGS = {"pairs": "--input", "ids": "--ids", "run": "--run", "queries": "--queries", "corpus": "--corpus",

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.collection import read_corpus, read_qrels, read_queries
-from ..outputs import check_output
 from ..retrieval import bm25_run, write_trec
+from .outputs import check_output
 from .parser import CommandParser, at_least
 
 
