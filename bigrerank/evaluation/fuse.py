@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file
-from ..data.collection import read_qrels, read_run
+from ..data.collection import Run, read_qrels, read_run
 from ..errors import InputError
 
 
@@ -24,7 +24,6 @@ SCALAR = {"rrf": ("k", 60), "logn_isr": ("sigma", 0.01), "rbc": ("phi", None), "
 PLAIN = ("sum", "mnz", "anz", "max", "min", "med", "isr", "log_isr", "bordafuse", "condorcet")
 METHODS = (*WEIGHTED, *SCALAR, *PLAIN)
 NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "none")
-Run = dict[str, list[tuple[str, float]]]
 
 
 @dataclass(frozen=True)
