@@ -101,7 +101,10 @@ def resolve_contract(model_path: str, config, tokenizer, score_head: str | None 
     default_head, default_template = default_head_and_template(config)
     head = heads.get(score_head or default_head).name
     if template is None:
-        template = default_template if head == default_head else ("qwen3-reranker" if head == heads.YES_NO.name else PAIR)
+        if head == default_head:
+            template = default_template
+        else:
+            template = "qwen3-reranker" if head == heads.YES_NO.name else PAIR
         log.info("%s: no %s and no --template: %s head with the %s template (the default for '%s' checkpoints "
                  "of %s)", model_path, CONTRACT_FILE if saved is None else "usable " + CONTRACT_FILE, head, template,
                  config.model_type, "/".join(getattr(config, "architectures", None) or ["unknown architecture"]))

@@ -14,7 +14,8 @@ import torch
 
 from .errors import InputError
 
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data; the repository's ds_configs/ links here
+# shipped as package data; the repository's ds_configs links here
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 
 
 def locate(path) -> Path:

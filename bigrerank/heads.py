@@ -73,7 +73,8 @@ class ClassifierHead:
 
     def check_loaded(self, model) -> None:
         if model.config.num_labels != 1:
-            raise ValueError(f"a reranker has one output logit (num_labels=1), this model has {model.config.num_labels}")
+            raise ValueError("a reranker has one output logit (num_labels=1), "
+                             f"this model has {model.config.num_labels}")
 
     def check_reset(self) -> None:
         """A classifier's head may be re-drawn (--head_init_std)."""

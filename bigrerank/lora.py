@@ -65,7 +65,8 @@ def lora_config(model, model_args):
 
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model_args.lora_target_modules or block_projections(model),
-                      task_type=heads.carried_by(model).peft_task, base_model_name_or_path=model_args.model_name_or_path)
+                      task_type=heads.carried_by(model).peft_task,
+                      base_model_name_or_path=model_args.model_name_or_path)
 
 
 def prepare(model, model_args, gradient_checkpointing: bool, seed: int):

@@ -4,8 +4,8 @@ The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` re
 plus `score`/`rerank` conveniences and a fast scoring loop (sharded_scoring.py): length-sorted batches with
 dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family
 models, first-token scoring (first_token.py: the last layer runs for the scored token only; a batch without
-padding runs without an attention mask). On a GPU, batches are copied from pinned memory without blocking and scores stay on the
-device until the end, so the host prepares the next batch while the GPU computes.
+padding runs without an attention mask). On a GPU, batches are copied from pinned memory without blocking and
+scores stay on the device until the end, so the host prepares the next batch while the GPU computes.
 """
 from __future__ import annotations
 
