@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bigrerank.distributed import LAUNCHER_VARS
 from tests.tiny import tiny_model_dir, write_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,13 +27,14 @@ def _run(argv: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(venv python, venv bin, environment without PYTHONPATH, an unrelated working directory)."""
+    """(venv python, venv bin, an environment without PYTHONPATH or a launcher's variables, an unrelated working
+    directory)."""
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"  # built from a copy, so the build leaves nothing in the checkout
     source.mkdir()
     shutil.copy(REPO / "setup.py", source)
     shutil.copytree(REPO / "bigrerank", source / "bigrerank", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", *LAUNCHER_VARS)}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", source],
          tmp, env)
