@@ -20,6 +20,7 @@ from pathlib import Path
 from ..atomic import atomic_file
 from ..data.collection import read_qrels, read_run
 from ..data.default_data import write_default_data
+from ..ds_config import PACKAGED_CONFIGS
 from ..errors import InputError
 from . import prepare, rerank, retrieve
 from .parser import CommandParser, at_least
@@ -91,7 +92,7 @@ def run_command(name: str, command, argv: list[str]) -> None:
 def train_command(recipe: Recipe, model: str, train_path: Path, model_dir: Path) -> list[str]:
     """`python -m bigrerank.launch …` with the recipe; ZeRO-2 (the packaged config), fp32 (no bf16 on a CPU demo)."""
     return [sys.executable, "-m", "bigrerank.launch", "--model_name_or_path", model, "--train_path", str(train_path),
-            "--output_dir", str(model_dir), "--ds_config", "ds_configs/zero2.json",
+            "--output_dir", str(model_dir), "--ds_config", str(PACKAGED_CONFIGS / "zero2.json"),
             "--train_group_size", str(recipe.group_size), "--max_len", str(recipe.max_len),
             "--per_device_train_batch_size", str(recipe.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(recipe.learning_rate), "--warmup_ratio", str(recipe.warmup_ratio),
