@@ -56,7 +56,7 @@ def score_candidates(reranker: RerankerForInference, candidates: list[Candidate]
     """Scores of `candidates` in order: this rank's share tokenized `chunk_size` at a time (the next chunk in a
     worker thread, with `tokenize_ahead`), on rank 0 with every rank's (None elsewhere)."""
     encoder = reranker.encoder()
-    with tqdm(total=len(candidates[rank::world]), unit="pair", desc="rerank",
+    with tqdm(total=len(range(rank, len(candidates), world)), unit="pair", desc="rerank",
               disable=None if show_progress else True) as bar:
         return score_sharded(reranker.score_batch, candidates, batch_size,
                              encode=lambda chunk: encode_candidates(encoder, chunk), chunk_size=chunk_size,
