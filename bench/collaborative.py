@@ -25,7 +25,7 @@ import common  # noqa: E402
 def child(argv: list[str], record_dir: Path) -> None:
     """One rank: train with a counting wrapper around the trainer's next_micro_batch; write rank<r>.json."""
     from bigrerank import distributed
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     counted = []

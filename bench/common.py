@@ -23,7 +23,7 @@ def minilm_dir() -> str:
 
     BIGRERANK_BENCH_MODEL overrides it (any HF model directory), for machines without that package.
     """
-    from bigrerank.demo import default_backbone
+    from bigrerank.commands.demo import default_backbone
 
     return os.environ.get("BIGRERANK_BENCH_MODEL") or default_backbone()
 

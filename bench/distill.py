@@ -19,10 +19,11 @@ from pathlib import Path
 
 from bigrerank import RerankerForInference
 from bigrerank.atomic import atomic_file
+from bigrerank.commands import rerank
+from bigrerank.commands.demo import (FULL, METRICS, default_backbone, rerank_argv, rerank_with_tail, results_table,
+                                     run_command, train, train_command)
 from bigrerank.data.collection import iter_jsonl, read_qrels, read_run
-from bigrerank.demo import (FULL, METRICS, default_backbone, rerank_argv, rerank_with_tail, results_table,
-                            run_command, train, train_command)
-from bigrerank.evaluation.evaluate import evaluate
+from bigrerank.evaluation.metrics import evaluate
 
 
 def teacher_scored_groups(teacher: Path, groups: Path, out: Path, max_len: int) -> int:
@@ -42,7 +43,7 @@ def teacher_scored_groups(teacher: Path, groups: Path, out: Path, max_len: int) 
 
 def rerank_and_evaluate(model_dir: Path, demo: Path, scores: Path, qrels: dict, bm25: dict) -> dict[str, float]:
     """Metrics of `model_dir` reranking the demo's test queries' BM25 top `rerank_depth`, as the demo does."""
-    run_command("rerank", rerank_argv(FULL, demo, model_dir, scores))
+    run_command("rerank", rerank, rerank_argv(FULL, demo, model_dir, scores))
     return evaluate(qrels, rerank_with_tail(read_run(scores, fmt="scores"), bm25, FULL.rerank_depth), METRICS)
 
 

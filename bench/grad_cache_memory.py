@@ -37,10 +37,10 @@ def child(argv: list[str], baseline: bool) -> dict:
     """Train (or, for the baseline, only build the engine) in this process; return peak memory in MiB."""
     import torch
 
-    from bigrerank import distributed
-    from bigrerank.arguments import parse
+    from bigrerank import distributed, ds_config
+    from bigrerank.commands.train import parse
     from bigrerank.model import load_config
-    from bigrerank.training import ds_config, trainer
+    from bigrerank.training import trainer
 
     cuda = torch.cuda.is_available()
     model_args, data_args, args = parse(argv)

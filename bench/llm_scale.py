@@ -114,7 +114,7 @@ def rank_main(argv: list[str], result_dir: str) -> None:
     """One torchrun rank: train, score the probe with the live engine, record peak RSS."""
     import torch
 
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank import distributed
     from bigrerank.training import trainer
 

@@ -7,7 +7,7 @@ states allocated by the first) and reads its peak RSS (VmHWM) before the final c
 measured host total is the sum over the node's ranks of peak - base; the prediction is the planner's
 `per_node.total` for the same command line (`--gpus_per_node 0`). On a GPU (bench/gpu_check.sh) the same runs
 compare the largest rank's `torch.cuda.max_memory_allocated` above its base with `per_rank.total`. Nothing in the planner is fitted to these
-numbers. Models: MiniLM-L6 (`bigrerank.demo.default_backbone()`) and a decoder with Qwen2.5-0.5B's dimensions
+numbers. Models: MiniLM-L6 (`bigrerank.commands.demo.default_backbone()`) and a decoder with Qwen2.5-0.5B's dimensions
 built from a config with random weights (bf16, LoRA). Data: random token ids long enough to fill max_len.
 
     python bench/memory_plan.py [--only NAME,...] [--out results.json]
@@ -65,16 +65,16 @@ def child(argv: list[str], result_path: str) -> None:
     import peft  # noqa: F401
     import torch
 
+    from bigrerank import ds_config
     from bigrerank.checkpoints import store
-    from bigrerank.planning import command
+    from bigrerank.commands.plan import parse
+    from bigrerank.planning.planner import Planner, training_hardware
     from bigrerank.training import trainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cuda = torch.cuda.is_available()  # on a GPU: the device's max_memory_allocated against the per-rank plan
-    model_args, data_args, args, _ = command.parse(argv)
-    hardware = command.training_hardware()
-    planner = command.Planner(model_args, data_args, args, hardware,
-                              __import__("bigrerank.training.ds_config", fromlist=["load"]).load(args.ds_config))
+    model_args, data_args, args, _ = parse(argv)
+    planner = Planner(model_args, data_args, args, training_hardware(), ds_config.load(args.ds_config))
     plan = planner.plan()
     Path("/proc/self/clear_refs").write_text("5")
     if cuda:

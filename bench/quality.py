@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bigrerank.demo import default_backbone
+from bigrerank.commands.demo import default_backbone
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -85,7 +85,7 @@ def collection_dir(args) -> Path:
     if args.collection != "stdlib":
         return DATA / args.collection
     from bigrerank.data.default_data import write_default_data
-    from bigrerank.demo import FULL
+    from bigrerank.commands.demo import FULL
 
     d = Path(args.work) / "stdlib"
     if not d.is_dir():
@@ -219,7 +219,7 @@ def train_and_rerank(args, corpus: Path, train_path: Path, work: Path) -> dict[s
 def evaluate_all(args, runs: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
     """Table rows (means over the judged queries) and each system's per-query values {system: {metric: {qid: v}}}."""
     from bigrerank.data.collection import read_qrels, read_run
-    from bigrerank.evaluation.evaluate import per_query
+    from bigrerank.evaluation.metrics import per_query
 
     _, split = SPLITS[args.collection]
     d = collection_dir(args)

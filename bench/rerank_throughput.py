@@ -69,13 +69,12 @@ def scoring_function(system: System, model_dir: Path, candidates, args):
     """A no-argument function scoring every candidate with `system`; returns host floats (device work done)."""
     if system.library == "bigrerank":
         from bigrerank import RerankerForInference
-        from bigrerank.inference.rerank import RerankArguments, score_candidates
+        from bigrerank.inference.rerank import score_candidates
 
-        run_args = RerankArguments(model=str(model_dir), output="-", batch_size=args.batch_size, max_len=args.max_len)
         reranker = RerankerForInference.from_pretrained(model_dir, max_len=args.max_len, device=args.device,
                                                         precision=system.precision,
                                                         torch_compile=system.torch_compile)
-        return lambda: score_candidates(reranker, candidates, run_args, False)
+        return lambda: score_candidates(reranker, candidates, args.batch_size, show_progress=False)
     from sentence_transformers import CrossEncoder
 
     model = CrossEncoder(str(model_dir), max_length=args.max_len, device=args.device,
@@ -119,7 +118,7 @@ def main() -> int:
         import sentence_transformers
     except ImportError:
         sys.exit("skipped: sentence-transformers is not installed (pip install --no-deps sentence-transformers)")
-    from bigrerank.inference.candidates import encode_candidates, read_run_candidates
+    from bigrerank.data.candidates import encode_candidates, read_run_candidates
     from bigrerank.inference.reranker import RerankerForInference
 
     candidates = read_run_candidates(common.SCIFACT / "runs" / "bm25.dev.top100.trec", common.SCIFACT / "queries.jsonl",

@@ -1,4 +1,4 @@
-"""The `bigrerank` console script: one subcommand per pipeline stage, each a module with `main(argv)`."""
+"""The `bigrerank` console script: one subcommand per pipeline stage, each a module of `bigrerank.commands`."""
 from __future__ import annotations
 
 import importlib
@@ -8,17 +8,17 @@ from . import __version__
 from .errors import InputError, UsageError
 
 COMMANDS = {
-    "retrieve": ("bigrerank.retrieval", "BM25 first stage: corpus + queries -> TREC run"),
-    "prepare": ("bigrerank.data.prepare", "build grouped training data or rerank input from a run"),
-    "train": ("bigrerank.training.trainer", "train a reranker on a DeepSpeed engine"),
-    "plan": ("bigrerank.planning.command", "memory per GPU and per node of a training command, before launch"),
-    "consolidate": ("bigrerank.checkpoints.consolidate", "DeepSpeed checkpoint -> Hugging Face directory"),
-    "rerank": ("bigrerank.inference.rerank", "score candidate pairs -> qid<TAB>pid<TAB>score"),
-    "convert": ("bigrerank.evaluation.convert", "score file -> MS MARCO or TREC run"),
-    "eval": ("bigrerank.evaluation.evaluate", "IR metrics of a run against qrels"),
-    "fuse": ("bigrerank.evaluation.fuse", "fuse runs (e.g. BM25 + reranker) with ranx -> TREC run"),
-    "hostfile": ("bigrerank.slurm", "write a DeepSpeed hostfile from a slurm allocation"),
-    "demo": ("bigrerank.demo", "the end-to-end job on the bundled default data"),
+    "retrieve": ("retrieve", "BM25 first stage: corpus + queries -> TREC run"),
+    "prepare": ("prepare", "build grouped training data or rerank input from a run"),
+    "train": ("train", "train a reranker on a DeepSpeed engine"),
+    "plan": ("plan", "memory per GPU and per node of a training command, before launch"),
+    "consolidate": ("consolidate", "DeepSpeed checkpoint -> Hugging Face directory"),
+    "rerank": ("rerank", "score candidate pairs -> qid<TAB>pid<TAB>score"),
+    "convert": ("convert", "score file -> MS MARCO or TREC run"),
+    "eval": ("evaluate", "IR metrics of a run against qrels"),
+    "fuse": ("fuse", "fuse runs (e.g. BM25 + reranker) with ranx -> TREC run"),
+    "hostfile": ("hostfile", "write a DeepSpeed hostfile from a slurm allocation"),
+    "demo": ("demo", "the end-to-end job on the bundled default data"),
 }
 
 
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bigrerank: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    command = importlib.import_module(f"bigrerank.commands.{COMMANDS[name][0]}")
     try:
-        return module.main(rest) or 0
+        return command.main(rest) or 0
     except (InputError, UsageError) as e:
         print(f"bigrerank {name}: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""One error type for bad user input, located by file, line and field."""
+"""The errors a user can fix: `InputError` for a file, model or machine (located by file, line and field) and
+`UsageError` for a command-line flag."""
 from __future__ import annotations
 
 

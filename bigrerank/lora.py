@@ -11,15 +11,16 @@ that turns such a state dict back into a plain Hugging Face one (adapters merged
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 
+from . import heads
 from .errors import InputError
 
 ADAPTER_CONFIG = "adapter_config.json"
-SEQ_CLS, CAUSAL_LM = "SEQ_CLS", "CAUSAL_LM"  # peft task types: classifier head, yes_no head
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -44,20 +45,14 @@ def block_projections(model: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def check_targets(model_args, model_config, score_head: str = "classifier") -> None:
-    """Refuse LoRA flags that cannot work, before any process group starts: the model the contract trains (a
-    sequence classifier, or the causal LM of `yes_no`, whose LM head is not a target) is built on `meta`."""
+def check_targets(model_args, model_config, head: heads.ScoreHead = heads.CLASSIFIER) -> None:
+    """Refuse --lora_target_modules the model does not have, before any process group starts: the model `head`
+    trains (built on `meta`) without the modules LoRA may not adapt (the yes_no LM head)."""
     if model_args.lora_r == 0:
-        if model_args.lora_target_modules:
-            raise InputError("--lora_target_modules", "needs --lora_r > 0 (0 means full fine-tuning)")
         return
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForCausalLM if score_head == "yes_no" else AutoModelForSequenceClassification
-    with torch.device("meta"):
-        model = auto.from_config(model_config)
-    head = model.get_output_embeddings() if score_head == "yes_no" else None
-    names = [name for name, module in model.named_modules() if module is not head]
+    model = head.on_meta(copy.deepcopy(model_config))
+    excluded = head.untargetable(model)
+    names = [name for name, module in model.named_modules() if module not in excluded]
     for target in model_args.lora_target_modules or []:
         if not any(name == target or name.endswith("." + target) for name in names):
             raise InputError(model_args.model_name_or_path,
@@ -65,18 +60,13 @@ def check_targets(model_args, model_config, score_head: str = "classifier") -> N
                              f"{', '.join(block_projections(model))})")
 
 
-def task_type(model) -> str:
-    """CAUSAL_LM for a model with an LM head (the yes_no contract's causal LM, its head cut to the answer rows or
-    not): nothing but the adapters trains; else SEQ_CLS: peft trains the head (`classifier` or `score`) in full."""
-    return CAUSAL_LM if model.get_output_embeddings() is not None else SEQ_CLS
-
-
 def lora_config(model, model_args):
     from peft import LoraConfig
 
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model_args.lora_target_modules or block_projections(model),
-                      task_type=task_type(model), base_model_name_or_path=model_args.model_name_or_path)
+                      task_type=heads.carried_by(model).peft_task,
+                      base_model_name_or_path=model_args.model_name_or_path)
 
 
 def prepare(model, model_args, gradient_checkpointing: bool, seed: int):
@@ -109,15 +99,13 @@ def is_lora(hf_dir) -> bool:
 
 
 def trained_peft_model(config, hf_dir, state_dict: dict):
-    """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied): a causal LM with its
-    full LM head for a yes_no adapter (CAUSAL_LM), else a sequence classifier."""
+    """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied): the model of the head
+    its task type names (a yes_no adapter's causal LM keeps its full LM head)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     peft_config = LoraConfig.from_pretrained(str(hf_dir))
-    auto = AutoModelForCausalLM if peft_config.task_type == CAUSAL_LM else AutoModelForSequenceClassification
+    base = heads.for_peft_task(peft_config.task_type).on_meta(config)
     with torch.device("meta"):
-        base = auto.from_config(config)
         base.name_or_path = peft_config.base_model_name_or_path  # the base it was trained from, not this folder
         model = get_peft_model(base, peft_config)
     model.load_state_dict(state_dict, strict=False, assign=True)

@@ -1,20 +1,16 @@
-"""BM25 first stage (`bigrerank retrieve`): corpus + queries -> TREC run of the top `depth` documents.
+"""BM25 first stage: corpus + queries -> a ranked run of each query's top `depth` documents.
 
 bm25s, Lucene variant (k1=0.9, b=0.4), English stopwords and the Snowball English stemmer, over
 title + text — the same settings as the runs shipped with the shared test collections.
 """
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
-
 import bm25s
 import Stemmer
+
 from .atomic import atomic_file
-from .command_line import CommandParser, at_least
-from .data.collection import passage_text, read_corpus, read_qrels, read_queries
+from .data.collection import passage_text
 from .data.runs import run_lines
-from .outputs import check_output
 
 K1, B = 0.9, 0.4
 RUN_NAME = "bm25s"
@@ -50,37 +46,3 @@ def write_trec(run: dict[str, list[tuple[str, float]]], path, name: str = RUN_NA
     that rounding makes no ties the ranking does not have."""
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.writelines(run_lines(run, "trec", name, score_format=".9g"))
-
-
-@dataclass
-class RetrieveArguments:
-    corpus: str = field(metadata={"help": "corpus: BEIR corpus.jsonl or tsv id<TAB>text[<TAB>title]"})
-    queries: str = field(metadata={"help": "queries: BEIR queries.jsonl or tsv id<TAB>text"})
-    output: str = field(metadata={"help": "output TREC run file", "aliases": ["--out"]})
-    depth: int = field(default=100, metadata={"help": "documents kept per query"})
-    split_qrels: str | None = field(default=None, metadata={"help": "only retrieve for queries judged in this qrels file"})
-
-    def __post_init__(self):
-        at_least(self, ["depth"], 1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    (args,) = CommandParser(RetrieveArguments, "retrieve").parse(argv)
-    check_output(args.output, [args.corpus, args.queries, args.split_qrels])
-    corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
-    if args.split_qrels:
-        judged = read_qrels(args.split_qrels)
-        missing = [q for q in judged if q not in queries]
-        if missing:
-            print(f"skipped {len(missing)} judged queries absent from {args.queries}")
-        queries = {q: text for q, text in queries.items() if q in judged}
-    run = bm25_run(corpus, queries, args.depth)
-    write_trec(run, args.output)
-    empty = sum(1 for ranked in run.values() if not ranked)
-    print(f"retrieved {sum(map(len, run.values()))} candidates for {len(run)} queries "
-          f"over {len(corpus)} documents -> {args.output}" + (f" ({empty} queries matched no document)" if empty else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

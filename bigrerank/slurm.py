@@ -2,7 +2,8 @@
 
     python -m bigrerank.slurm env        # inside an srun task: `export MASTER_ADDR=… RANK=…` lines for `eval`
     python -m bigrerank.slurm rendezvous # anywhere in the allocation: MASTER_ADDR and MASTER_PORT only
-    bigrerank hostfile [--output FILE]   # in the batch script: one `host slots=N` line per allocated node
+
+`hostfile_slots` is what `bigrerank hostfile` writes: one `host slots=N` line per allocated node.
 """
 from __future__ import annotations
 
@@ -10,13 +11,9 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Mapping
 
-from .atomic import atomic_file
-from .command_line import CommandParser
-from .errors import InputError, UsageError
-from .outputs import check_output
+from .errors import InputError
 
 ENVIRONMENT = "slurm environment"
 PORT_BASE, PORT_SPAN = 10000, 20000  # derived ports stay in 10000..29999, below Linux's ephemeral range
@@ -179,44 +176,19 @@ def hostfile_text(slots: list[tuple[str, int]]) -> str:
     return "".join(f"{host} slots={count}\n" for host, count in slots)
 
 
-@dataclass
-class HostfileArguments:
-    output: str | None = field(default=None, metadata={"help": "hostfile to write (atomically); stdout when absent"})
-    slots_from: Literal["auto", "gpus", "tasks"] = field(
-        default="auto", metadata={"help": "slots per host: GPUs on the node, slurm tasks per node, or auto"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`bigrerank hostfile`: the DeepSpeed hostfile of the current slurm allocation."""
-    (args,) = CommandParser(HostfileArguments, "hostfile").parse(argv)
-    if args.output is not None:
-        check_output(args.output)
-    text = hostfile_text(hostfile_slots(os.environ, args.slots_from))
-    if args.output is None:
-        sys.stdout.write(text)
-        return 0
-    with atomic_file(args.output) as f:
-        f.write(text)
-    print(f"wrote {args.output}: {text.count(chr(10))} hosts", file=sys.stderr)
+def _print_exports(argv: list[str]) -> int:
+    """`python -m bigrerank.slurm env|rendezvous`: the variables as `export` lines for `eval`."""
+    if argv not in (["env"], ["rendezvous"]):
+        print("usage: python -m bigrerank.slurm env | rendezvous   (the hostfile: bigrerank hostfile)", file=sys.stderr)
+        return 2
+    derive = distributed_env if argv == ["env"] else rendezvous_env
+    try:
+        sys.stdout.write(shell_exports(derive(os.environ)))
+    except InputError as e:
+        print(f"bigrerank.slurm: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _module_main(argv: list[str]) -> int:
-    """`python -m bigrerank.slurm env|rendezvous|hostfile …`."""
-    if argv in (["env"], ["rendezvous"]):
-        derive = distributed_env if argv == ["env"] else rendezvous_env
-        sys.stdout.write(shell_exports(derive(os.environ)))
-        return 0
-    if argv[:1] == ["hostfile"]:
-        return main(argv[1:])
-    print("usage: python -m bigrerank.slurm env | rendezvous | hostfile [--output FILE] [--slots_from auto|gpus|tasks]",
-          file=sys.stderr)
-    return 2
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(_module_main(sys.argv[1:]))
-    except (InputError, UsageError) as e:
-        print(f"bigrerank.slurm: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(_print_exports(sys.argv[1:]))

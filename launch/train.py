@@ -1,13 +1,8 @@
-"""Training entry point for every launcher: `deepspeed`, `torchrun`, slurm's `srun`, or plain `python`."""
-import os
+"""Training entry point for every launcher: `deepspeed`, `torchrun`, slurm's `srun`, or plain `python`
+(the same as `python -m bigrerank.launch`)."""
 import sys
 
-from bigrerank.cli import main
+from bigrerank.launch import run
 
 if __name__ == "__main__":
-    code = main(["train", *sys.argv[1:]])
-    # The process group is already torn down and every output written: leave without interpreter-exit
-    # destructors, which rarely abort a finished rank (seen with DeepSpeed's CPU communication op).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    run(sys.argv[1:])

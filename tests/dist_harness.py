@@ -86,7 +86,7 @@ def run_ranks(world: int, fn, *args, timeout: float = 900) -> None:
 
 
 def train_jobs(jobs: list) -> None:
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     for job in jobs:

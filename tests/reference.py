@@ -11,7 +11,7 @@ import torch
 from deepspeed.runtime.lr_schedules import WarmupDecayLR
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bigrerank import scoring
+from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.data.grouped import GroupSampler, load_groups
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.losses import LOSSES
@@ -82,7 +82,7 @@ def yes_no_reference(model_dir, max_len: int) -> dict:
     """`model`, `encoder` and `score` keywords of a yes_no reference: the plain `AutoModelForCausalLM` and its
     full-vocabulary logits[:, last, yes] - [..., no] (the reference does not share the answer head it checks)."""
     tokenizer, config = load_tokenizer(str(model_dir)), load_config(str(model_dir))
-    contract = scoring.resolve(str(model_dir), config, tokenizer, "yes_no")
+    contract = resolve_contract(str(model_dir), config, tokenizer, "yes_no")
     yes, no = contract.yes_token_id, contract.no_token_id
 
     def score(net, batch):
@@ -92,7 +92,7 @@ def yes_no_reference(model_dir, max_len: int) -> dict:
         return at_last[:, yes] - at_last[:, no]
 
     return {"model": AutoModelForCausalLM.from_pretrained(model_dir), "score": score,
-            "encoder": scoring.make_encoder(tokenizer, max_len, contract)}
+            "encoder": make_encoder(tokenizer, max_len, contract)}
 
 
 # Tolerances of the fp32 exactness proofs, one set for every proof (encoder, decoder, LoRA, distillation).

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bigrerank import __version__, cli
-from bigrerank.arguments import parse as parse_train_args
+from bigrerank import __version__, cli, ds_config
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, check_export_dir
+from bigrerank.commands.train import parse as parse_train_args
 from bigrerank.data.collection import read_run
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
-from bigrerank.training import ds_config
 from bigrerank.training.evaluation import read_eval_set
 from tests.test_inference import spread_model_dir
 from tests.tiny import tiny_model_dir, write_beir, write_groups

@@ -9,7 +9,7 @@ from scipy.stats import ttest_rel
 
 from bigrerank.cli import main as cli
 from bigrerank.evaluation.compare import compare
-from bigrerank.evaluation.evaluate import evaluate, per_query
+from bigrerank.evaluation.metrics import evaluate, per_query
 
 QUERIES = [f"q{i:02d}" for i in range(30)]
 QRELS = {q: {f"{q}-rel": 1} for q in QUERIES}

@@ -16,7 +16,7 @@ PAIRS = [("weather in new york", "it is cold today in new york"), ("python code"
 
 def _train_and_score(argv: list[str], logits_file: str):
     from bigrerank import distributed
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     engine = trainer.train(*parse(argv)).engine
@@ -89,7 +89,7 @@ def test_consolidate_refuses_incomplete_checkpoints(tmp_path):
 
 
 def _train_and_save_masters(argv: list[str], masters_file: str):
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     engine = trainer.train(*parse(argv)).engine

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from bigrerank import scoring
+from bigrerank.contract import ScoringContract, make_encoder, resolve_contract
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_jobs
 from tests.reference import (assert_gradients_close, assert_weights_close, difference, reference_state,
@@ -73,9 +73,9 @@ def _reference(model_dir, head, data, queries):
         parts = yes_no_reference(model_dir, MAX_LEN)
     else:
         tokenizer = load_tokenizer(str(model_dir))
-        contract = scoring.resolve(str(model_dir), load_config(str(model_dir)), tokenizer, head)
+        contract = resolve_contract(str(model_dir), load_config(str(model_dir)), tokenizer, head)
         parts = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
-                 "encoder": scoring.make_encoder(tokenizer, MAX_LEN, contract)}
+                 "encoder": make_encoder(tokenizer, MAX_LEN, contract)}
     return reference_state(model_dir, data, steps=STEPS, queries_per_micro=queries, accum=1, group_size=GROUP,
                            lr=1e-3, max_len=MAX_LEN, **parts)
 
@@ -85,7 +85,7 @@ def _final_weights(run, head, reference: dict, arch_tied: bool) -> tuple[dict, d
     lm_head[yes] - lm_head[no] of the reference."""
     final = load_file(str(run / "model.safetensors"))
     if head == "yes_no":
-        contract = scoring.ScoringContract.read(run)
+        contract = ScoringContract.read(run)
         head_weight = reference["model.embed_tokens.weight" if arch_tied else "lm_head.weight"]
         reference = {**reference, "score.weight": (head_weight[contract.yes_token_id]
                                                    - head_weight[contract.no_token_id]).unsqueeze(0)}

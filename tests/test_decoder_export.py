@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from bigrerank import scoring
 from bigrerank.cli import main as cli
+from bigrerank.contract import ScoringContract, make_encoder, resolve_contract
 from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_ranks
@@ -25,7 +25,7 @@ MAX_LEN = 192
 def _train_and_score(jobs):
     """On every rank, for each (argv, scores file, causal export dir): train, then score the test pairs with the
     live engine (a ZeRO-3 collective); rank 0 saves the scores and also exports the checkpoint in its causal form."""
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.checkpoints.consolidate import consolidate
     from bigrerank.model import pair_scores
     from bigrerank import distributed
@@ -46,8 +46,8 @@ def _train_and_score(jobs):
 def _test_batch(model_dir, template=None, contract=None):
     """The test pairs in one mixed-length batch, in the prompt of `contract` (else the model's yes_no default)."""
     tokenizer = load_tokenizer(str(model_dir))
-    contract = contract or scoring.resolve(str(model_dir), load_config(str(model_dir)), tokenizer, "yes_no", template)
-    encoder = scoring.make_encoder(tokenizer, MAX_LEN, contract)
+    contract = contract or resolve_contract(str(model_dir), load_config(str(model_dir)), tokenizer, "yes_no", template)
+    encoder = make_encoder(tokenizer, MAX_LEN, contract)
     return encoder.collate(encoder.encode_texts(QUERIES, PASSAGES))
 
 
@@ -81,14 +81,14 @@ def test_the_export_is_a_sequence_classifier_scoring_like_the_live_engine(traine
     assert config.architectures == ["Qwen3ForSequenceClassification"] and config.num_labels == 1
     tokenizer = load_tokenizer(str(export))
     assert config.pad_token_id == tokenizer.pad_token_id is not None
-    contract = scoring.ScoringContract.read(export)
+    contract = ScoringContract.read(export)
     assert contract.score_head == "classifier" and contract.template_name == "qwen3-reranker"
     assert contract.max_len == MAX_LEN and contract.padding_side == "right"
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
-    pairs = scoring.make_encoder(tokenizer, MAX_LEN, contract).encode_texts(QUERIES, PASSAGES)
+    pairs = make_encoder(tokenizer, MAX_LEN, contract).encode_texts(QUERIES, PASSAGES)
     assert len({len(ids) for ids, _ in pairs}) == len(pairs)  # mixed lengths in one batch
     with torch.no_grad():
-        exported = model(**scoring.make_encoder(tokenizer, MAX_LEN, contract).collate(pairs)).logits[:, 0]
+        exported = model(**make_encoder(tokenizer, MAX_LEN, contract).collate(pairs)).logits[:, 0]
     print(f"{variant}: merged export vs live engine {(exported - live).abs().max():.1e}")
     assert torch.allclose(exported, live, atol=1e-5, rtol=0), (exported, live)
     assert live.std() > 1e-3
@@ -106,7 +106,7 @@ def test_a_yes_no_adapter_loads_onto_its_causal_lm_base_and_scores_like_the_live
     assert cli(["consolidate", str(trained["lora"]["export"] / "checkpoints"), str(adapter), "--adapter_only"]) == 0
     assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     assert not (adapter / "model.safetensors").exists()
-    contract = scoring.ScoringContract.read(adapter)  # the contract travels with the adapter
+    contract = ScoringContract.read(adapter)  # the contract travels with the adapter
     assert contract.score_head == "yes_no" and contract.template_name == "qwen3-reranker"
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter).eval()
     assert loaded.peft_config["default"].base_model_name_or_path == str(base_dir)

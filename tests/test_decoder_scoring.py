@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from bigrerank import scoring
+from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.data.templates import BUILTIN, PromptEncoder, load_spec
 from bigrerank.errors import InputError
 from bigrerank.inference.reranker import RerankerForInference
@@ -66,9 +66,9 @@ def test_qwen3_template_reproduces_the_official_recipe(decoders):
 def test_bge_gemma_scores_the_logit_of_yes(decoders):
     model_dir = decoders["llama"]
     tokenizer = load_tokenizer(str(model_dir))
-    contract = scoring.resolve(str(model_dir), load_config(str(model_dir)), tokenizer, "yes_no", "bge-gemma")
+    contract = resolve_contract(str(model_dir), load_config(str(model_dir)), tokenizer, "yes_no", "bge-gemma")
     assert contract.no_token_id is None
-    encoder = scoring.make_encoder(tokenizer, 200, contract)
+    encoder = make_encoder(tokenizer, 200, contract)
     ids, _ = encoder.encode_texts(["what is python"], ["python code"])[0]
     assert tokenizer.decode(ids) == ("A: what is python\nB: python code\n" + BUILTIN["bge-gemma"].instruction)
     model = load_reranker(str(model_dir), contract=contract).eval()
@@ -83,9 +83,9 @@ def test_bge_gemma_scores_the_logit_of_yes(decoders):
 def test_mixed_lengths_score_like_one_pair_at_a_time(decoders, arch, head):
     model_dir = str(decoders[arch])
     tokenizer = load_tokenizer(model_dir)
-    contract = scoring.resolve(model_dir, load_config(model_dir), tokenizer, head)
+    contract = resolve_contract(model_dir, load_config(model_dir), tokenizer, head)
     assert contract.template_name == ("qwen3-reranker" if head == "yes_no" else "pair")
-    encoder = scoring.make_encoder(tokenizer, 200, contract)
+    encoder = make_encoder(tokenizer, 200, contract)
     torch.manual_seed(0)
     model = load_reranker(model_dir, contract=contract).eval()
     pairs = encoder.encode_texts(QUERIES, PASSAGES)
@@ -104,7 +104,7 @@ def test_the_answer_head_never_forms_full_vocabulary_logits(decoders):
     head multiplies the hidden states by a (2, hidden) matrix."""
     model_dir = str(decoders["qwen3"])
     tokenizer = load_tokenizer(model_dir)
-    contract = scoring.resolve(model_dir, load_config(model_dir), tokenizer)
+    contract = resolve_contract(model_dir, load_config(model_dir), tokenizer)
     model = load_reranker(model_dir, contract=contract)
     vocab = model.config.vocab_size
     widths, head_weights = [], []
@@ -116,7 +116,7 @@ def test_the_answer_head_never_forms_full_vocabulary_logits(decoders):
         head_weights.append(tuple(weight.shape))
         return original(x, weight, bias)
 
-    encoder = scoring.make_encoder(tokenizer, 200, contract)
+    encoder = make_encoder(tokenizer, 200, contract)
     batch = encoder.collate(encoder.encode_texts(QUERIES, PASSAGES))
     torch.nn.functional.linear = recording_linear
     try:
@@ -164,8 +164,8 @@ def test_a_user_template_file(decoders, tmp_path):
     path.write_text(json.dumps({"template": "Task: {instruction}\nQ={query}\nP={passage}\nRelevant?", "yes": "yes",
                                 "no": "no", "instruction": "find code"}))
     tokenizer = load_tokenizer(model_dir)
-    contract = scoring.resolve(model_dir, load_config(model_dir), tokenizer, "yes_no", str(path), "find python")
-    ids, _ = scoring.make_encoder(tokenizer, 100, contract).encode_texts(["what"], ["python code"])[0]
+    contract = resolve_contract(model_dir, load_config(model_dir), tokenizer, "yes_no", str(path), "find python")
+    ids, _ = make_encoder(tokenizer, 100, contract).encode_texts(["what"], ["python code"])[0]
     assert tokenizer.decode(ids) == "Task: find python\nQ=what\nP=python code\nRelevant?"
 
 
@@ -189,23 +189,23 @@ def test_scoring_mistakes_are_input_errors(decoders, tmp_path):
     }
     for expected, flags in cases.items():
         with pytest.raises(InputError, match=re.escape(expected)):
-            scoring.resolve(model_dir, config, tokenizer, **flags)
+            resolve_contract(model_dir, config, tokenizer, **flags)
     bert = str(tiny_model_dir(tmp_path / "bert"))
     with pytest.raises(InputError, match="needs a decoder with a language-model head"):
-        scoring.resolve(bert, load_config(bert), load_tokenizer(bert), "yes_no", "qwen3-reranker")
+        resolve_contract(bert, load_config(bert), load_tokenizer(bert), "yes_no", "qwen3-reranker")
     untied = tiny_decoder_dir(tmp_path / "untied", "llama", tie=False)  # a classifier checkpoint: no LM head saved
     AutoModelForSequenceClassification.from_pretrained(untied, num_labels=1).save_pretrained(tmp_path / "cls")
     load_tokenizer(str(untied)).save_pretrained(tmp_path / "cls")
     classifier = str(tmp_path / "cls")
     with pytest.raises(InputError, match="the checkpoint has no LM head"):
-        scoring.resolve(classifier, load_config(classifier), load_tokenizer(classifier), "yes_no", "qwen3-reranker")
+        resolve_contract(classifier, load_config(classifier), load_tokenizer(classifier), "yes_no", "qwen3-reranker")
 
 
 def test_defaults_follow_the_architecture_and_the_log_says_which(decoders, tmp_path, caplog):
     bert = str(tiny_model_dir(tmp_path / "bert"))
-    with caplog.at_level("INFO", logger="bigrerank.scoring"):
-        encoder = scoring.resolve(bert, load_config(bert), load_tokenizer(bert))
-        decoder = scoring.resolve(str(decoders["qwen3"]), load_config(str(decoders["qwen3"])),
+    with caplog.at_level("INFO", logger="bigrerank.contract"):
+        encoder = resolve_contract(bert, load_config(bert), load_tokenizer(bert))
+        decoder = resolve_contract(str(decoders["qwen3"]), load_config(str(decoders["qwen3"])),
                                   load_tokenizer(str(decoders["qwen3"])))
     assert (encoder.score_head, encoder.template_name, encoder.append_eos) == ("classifier", "pair", False)
     assert (decoder.score_head, decoder.template_name) == ("yes_no", "qwen3-reranker")

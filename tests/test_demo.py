@@ -11,7 +11,7 @@ def test_demo_runs_end_to_end_and_reports_both_rankings(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(out), "--model", str(model), "--steps", "3",
                      "--rerank_depth", "5"]) == 0
     printed = capsys.readouterr().out
-    for command in ("bigrerank retrieve", "bigrerank prepare", "launch/train.py", "bigrerank rerank"):
+    for command in ("bigrerank retrieve", "bigrerank prepare", "-m bigrerank.launch", "bigrerank rerank"):
         assert command in printed
     assert "--head_init_std 0.2" in printed  # the recipe's wider head init (the stdlib ablation: +0.026 nDCG@10)
     results = json.loads((out / "results.json").read_text())["results"]

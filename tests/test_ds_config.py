@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from bigrerank.arguments import TrainingArguments
+from bigrerank import ds_config
+from bigrerank.commands.train import TrainingArguments
 from bigrerank.errors import InputError
-from bigrerank.training import ds_config
 
 
 def _args(**overrides):
@@ -18,7 +18,7 @@ def _args(**overrides):
 
 @pytest.mark.parametrize("name", ["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"])
 def test_every_auto_value_is_filled(name):
-    config = ds_config.resolve(ds_config.load(f"ds_configs/{name}.json"), _args(), world_size=3, total_steps=200,
+    config = ds_config.fill_auto(ds_config.load(f"ds_configs/{name}.json"), _args(), world_size=3, total_steps=200,
                                hidden_size=64)
     assert config["train_micro_batch_size_per_gpu"] == 4
     assert config["gradient_accumulation_steps"] == 2
@@ -36,7 +36,7 @@ def test_every_auto_value_is_filled(name):
 
 
 def test_warmup_steps_win_over_ratio():
-    config = ds_config.resolve(ds_config.load("ds_configs/zero2.json"), _args(warmup_steps=7), 1, 100)
+    config = ds_config.fill_auto(ds_config.load("ds_configs/zero2.json"), _args(warmup_steps=7), 1, 100)
     assert config["scheduler"]["params"]["warmup_num_steps"] == 7
 
 
@@ -44,7 +44,7 @@ def test_contradiction_names_both(tmp_path):
     raw = ds_config.load("ds_configs/zero2.json")
     raw["gradient_accumulation_steps"] = 8
     with pytest.raises(InputError) as e:
-        ds_config.resolve(raw, _args(), 1, 100, path=str(tmp_path / "c.json"))
+        ds_config.fill_auto(raw, _args(), 1, 100, path=str(tmp_path / "c.json"))
     message = str(e.value)
     assert "gradient_accumulation_steps" in message and "--gradient_accumulation_steps" in message
     assert "8" in message and "2" in message and "c.json" in message
@@ -53,7 +53,7 @@ def test_contradiction_names_both(tmp_path):
 def test_agreeing_explicit_values_are_kept():
     raw = ds_config.load("ds_configs/zero2.json")
     raw["train_micro_batch_size_per_gpu"] = 4
-    assert ds_config.resolve(raw, _args(), 1, 100)["train_micro_batch_size_per_gpu"] == 4
+    assert ds_config.fill_auto(raw, _args(), 1, 100)["train_micro_batch_size_per_gpu"] == 4
 
 
 def test_missing_and_malformed_config(tmp_path):
@@ -69,9 +69,9 @@ def test_unfillable_auto_is_refused():
     raw = ds_config.load("ds_configs/zero2.json")
     raw["zero_optimization"]["sub_group_size"] = "auto"
     with pytest.raises(InputError, match="zero_optimization.sub_group_size"):
-        ds_config.resolve(raw, _args(), 1, 100)
+        ds_config.fill_auto(raw, _args(), 1, 100)
 
 
 def test_fp16_is_refused_without_a_gpu():
     with pytest.raises(InputError, match="fp16 needs a GPU"):
-        ds_config.resolve(ds_config.load("ds_configs/zero2.json"), _args(bf16=False, fp16=True), 1, 100)
+        ds_config.fill_auto(ds_config.load("ds_configs/zero2.json"), _args(bf16=False, fp16=True), 1, 100)

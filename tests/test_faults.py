@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from bigrerank import distributed, losses
-from bigrerank.arguments import parse
 from bigrerank.checkpoints import store
-from bigrerank.training import trainer
+from bigrerank.commands.train import parse
 from bigrerank.distributed import free_port
+from bigrerank.training import trainer
+from bigrerank.training.preemption import PREEMPTED_EXIT_CODE
 from tests.dist_harness import run_jobs, run_ranks
 from tests.tiny import tiny_model_dir, write_groups
 
@@ -78,7 +79,7 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_pa
     assert _wait_for(lambda: _log_rows(out) >= 5, 120, proc), proc.stderr.read()
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err
     tags = store.complete_tags(out / "checkpoints")
     assert tags and (out / "checkpoints" / "latest").read_text() == tags[-1]
     assert int(tags[-1].split("-")[1]) < 200 and not (out / "model.safetensors").exists()
@@ -178,10 +179,10 @@ def test_incomplete_checkpoints_are_never_chosen(tmp_path, caplog):
     assert store.complete_tags(root) == ["step-10", "step-20"]
     assert "step-30 skipped: missing files: weights.pt" in caplog.text
     assert "step-40 skipped: no COMPLETE marker" in caplog.text
-    assert store.resolve(root, "latest") == root / "step-20"
+    assert store.resume_point(root, "latest") == root / "step-20"
     (root / "latest").write_text("step-20")
     with pytest.raises(ValueError, match="cannot resume from .*step-40"):
-        store.resolve(root, str(root / "step-40"))
+        store.resume_point(root, str(root / "step-40"))
     store.rotate(root, keep=1)
     assert store.complete_tags(root) == ["step-20"]
 

@@ -7,9 +7,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bigrerank.data.candidates import read_pair_candidates
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
-from bigrerank.inference.candidates import read_pair_candidates
 
 VOCAB = 50
 GOOD_GROUP = {"qry": {"qid": "q1", "query": [5, 6]}, "pos": [{"pid": "p1", "passage": [7, 8]}],

@@ -7,7 +7,7 @@ from transformers import AutoModelForSequenceClassification
 
 from bigrerank import RerankerForInference
 from bigrerank.data.pairs import PairEncoder
-from bigrerank.inference.reranker import length_sorted_batches
+from bigrerank.sharded_scoring import length_sorted_batches
 from tests.tiny import tiny_model_dir
 
 QUERIES = ["weather in new york", "python code", "what is the code of python", "cold"]

@@ -42,7 +42,7 @@ def _train_and_keep_live(argv: list[str], out_file: str):
     """Train; save the live engine's scores and its trained tensors (gathered from the ZeRO-3 partitions)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank import distributed
     from bigrerank.training import trainer
 

@@ -15,7 +15,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig, LlamaCo
 
 from bigrerank import cli
 from bigrerank.errors import InputError
-from bigrerank.planning import activations, command
+from bigrerank.commands import plan as plan_command
+from bigrerank.planning import activations, planner
 from bigrerank.planning.estimate import (Hardware, Setup, estimate, freed_lora_temporaries, freed_while_loading,
                                          heap_free, loading_peak, model_states)
 from bigrerank.planning.shape import ModelShape, model_shape
@@ -148,7 +149,7 @@ def test_lora_temporaries_and_heap_reuse():
 
 
 def test_lora_shape_counts_the_adapted_widths():
-    from bigrerank.arguments import ModelArguments
+    from bigrerank.commands.train import ModelArguments
 
     llama = model_shape(_configs()["llama"]("sdpa", 2), ModelArguments(model_name_or_path="tiny", lora_r=4))
     # q 48, k and v 2 kv heads x 12, o 48, gate and up 112, down 48 (inputs: 48 x 6 + 112)
@@ -202,7 +203,7 @@ def _lora_layer_saved_bytes(dropout: float, tokens: int) -> int:
     from peft import get_peft_model
 
     from bigrerank import lora
-    from bigrerank.arguments import ModelArguments
+    from bigrerank.commands.train import ModelArguments
 
     model_args = ModelArguments(model_name_or_path="tiny", lora_r=4, lora_dropout=dropout)
 
@@ -221,7 +222,7 @@ def test_lora_activations_match_saved_tensors(dropout):
     (258,880 B) with dropout, from global state those tests leave, not from this model."""
     import multiprocessing
 
-    from bigrerank.arguments import ModelArguments
+    from bigrerank.commands.train import ModelArguments
 
     tokens = 40
     model_args = ModelArguments(model_name_or_path="tiny", lora_r=4, lora_dropout=dropout)
@@ -286,12 +287,12 @@ def test_suggestions_follow_the_cost_order(tiny_dir, capsys):
 
 
 def test_plan_and_train_accept_the_same_flags(tiny_dir):
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
 
     argv = [*_argv(tiny_dir), "--train_path", "data.jsonl", "--output_dir", "out", "--bf16", "--lora_r", "8",
             "--gradient_checkpointing", "--collaborative", "--grad_cache_chunk_size", "4", "--ignore_memory_plan"]
     trained = parse(argv)
-    planned = command.parse([*argv, "--nodes", "2", "--gpus_per_node", "8", "--gpu_memory", "80GiB"])
+    planned = plan_command.parse([*argv, "--nodes", "2", "--gpus_per_node", "8", "--gpu_memory", "80GiB"])
     assert planned[:3] == tuple(trained)
     train_flags = {o for a in _parser_actions(False) for o in a.option_strings}
     plan_flags = {o for a in _parser_actions(True) for o in a.option_strings}
@@ -301,9 +302,9 @@ def test_plan_and_train_accept_the_same_flags(tiny_dir):
 def _parser_actions(plan: bool):
     from transformers import HfArgumentParser
 
-    from bigrerank.arguments import DataArguments, ModelArguments, TrainingArguments
+    from bigrerank.commands.train import DataArguments, ModelArguments, TrainingArguments
 
-    classes = (ModelArguments, DataArguments, TrainingArguments) + ((command.PlanArguments,) if plan else ())
+    classes = (ModelArguments, DataArguments, TrainingArguments) + ((plan_command.PlanArguments,) if plan else ())
     return HfArgumentParser(classes)._actions
 
 
@@ -336,19 +337,19 @@ def test_config_json_plans_like_its_model_dir(tiny_dir, capsys):
 
 
 def test_training_refuses_a_plan_that_cannot_fit(tiny_dir, monkeypatch, caplog):
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.model import load_config
-    from bigrerank.training import ds_config
+    from bigrerank import ds_config
 
     model_args, data_args, args = parse([*_argv(tiny_dir), "--train_path", "x", "--output_dir", "y"])
     config = load_config(str(tiny_dir))
     raw = ds_config.load(args.ds_config)
-    monkeypatch.setattr(command, "machine_memory", lambda: 4 * 2 ** 20)
+    monkeypatch.setattr(planner, "machine_memory", lambda: 4 * 2 ** 20)
     with pytest.raises(InputError, match="exceeds this machine's memory.*cheapest change that fits: bigrerank train"):
-        command.check_training(model_args, data_args, args, raw, config)
-    command.check_training(model_args, data_args, replace(args, ignore_memory_plan=True), raw, config)
-    monkeypatch.setattr(command, "machine_memory", lambda: 2 ** 40)
+        planner.check_training(model_args, data_args, args, raw, config)
+    planner.check_training(model_args, data_args, replace(args, ignore_memory_plan=True), raw, config)
+    monkeypatch.setattr(planner, "machine_memory", lambda: 2 ** 40)
     with caplog.at_level("INFO", logger="bigrerank.plan"):
-        command.check_training(model_args, data_args, args, raw, config)
+        planner.check_training(model_args, data_args, args, raw, config)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory plan:")]
     assert len(lines) >= 1 and json.loads(lines[-1][len("memory plan: "):])["fits"]

@@ -19,6 +19,7 @@ from bigrerank.checkpoints import store
 from bigrerank.checkpoints.consolidate import consolidate, locate
 from bigrerank.errors import InputError
 from bigrerank.training import trainer
+from bigrerank.training.preemption import PREEMPTED_EXIT_CODE
 from tests.tiny import tiny_model_dir, write_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,9 @@ def test_latest_means_the_same_checkpoint_to_resume_rotation_and_consolidation(t
     root = tmp_path / "checkpoints"
     _fake_tags(root, (10, 20, 30), pointer="step-20")
     assert store.latest(root) == root / "step-20"
-    assert store.resolve(root, "latest") == root / "step-20"
-    assert store.resolve(root, str(root)) == root / "step-20"
-    assert store.resolve(root, str(tmp_path)) == root / "step-20"  # the run's output directory
+    assert store.resume_point(root, "latest") == root / "step-20"
+    assert store.resume_point(root, str(root)) == root / "step-20"
+    assert store.resume_point(root, str(tmp_path)) == root / "step-20"  # the run's output directory
     assert locate(root) == (root, "step-20")
     store.rotate(root, keep=1)
     assert (root / "step-20").is_dir() and not (root / "step-10").exists()
@@ -53,7 +54,7 @@ def test_latest_falls_back_before_a_tag_whose_resave_was_cut_short(tmp_path, cap
     root = tmp_path / "checkpoints"
     _fake_tags(root, (10, 20, 30), pointer="step-30")
     (root / "step-30" / store.MANIFEST).unlink()  # a re-save of step-30 removed its marker, then died
-    for found in (store.latest(root), store.resolve(root, "latest"), root / locate(root)[1]):
+    for found in (store.latest(root), store.resume_point(root, "latest"), root / locate(root)[1]):
         assert found == root / "step-20"
     assert "step-30 skipped: no COMPLETE marker" in caplog.text
 
@@ -95,7 +96,7 @@ def test_a_truncated_file_makes_a_checkpoint_incomplete_and_is_named(tmp_path):
     with pytest.raises(InputError, match=r"step-20: checkpoint is not complete: .*weights.pt has 7 bytes"):
         consolidate(root, tmp_path / "model", tag="step-20")
     with pytest.raises(InputError, match="cannot resume from .*step-20: .*weights.pt has 7 bytes"):
-        store.resolve(root, str(root / "step-20"))
+        store.resume_point(root, str(root / "step-20"))
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,7 @@ def test_ctrl_c_checkpoints_and_exits_for_requeue(data, tmp_path):
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err[-3000:]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
     assert "SIGINT received: checkpointing after this step" in err
     assert store.complete_tags(out / "checkpoints") and not (out / "model.safetensors").exists()
 
@@ -277,12 +278,12 @@ def test_resume_latest_does_not_start_over_a_finished_run_without_checkpoints(da
 
 
 def test_an_unwritable_output_dir_is_one_line_before_the_model_loads(data, tmp_path, capsys, monkeypatch):
-    from bigrerank.training import run_dir
+    from bigrerank.training import output_dir
 
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(run_dir.os, "access",  # as a non-root user sees a 0555 directory (root may write anywhere)
+    monkeypatch.setattr(output_dir.os, "access",  # as a non-root user sees a 0555 directory (root may write anywhere)
                         lambda path, mode: False if Path(path) == locked else real_access(path, mode))
     _no_model_load(monkeypatch)
     assert _train(_argv(data, locked / "out", "--max_steps", "2")) == 2

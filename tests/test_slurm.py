@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from bigrerank import cli, slurm
+from bigrerank.commands import hostfile
 from bigrerank.errors import InputError
 
 REQUIRED = ("SLURM_JOB_NODELIST", "SLURM_TASKS_PER_NODE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS",
@@ -180,7 +181,7 @@ def test_hostfile_command_prints_to_stdout(monkeypatch, capsys):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "n1")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3")
     monkeypatch.delenv("SLURM_GPUS_ON_NODE", raising=False)
-    assert slurm.main([]) == 0
+    assert hostfile.main([]) == 0
     assert capsys.readouterr().out == "n1 slots=3\n"
 
 

@@ -62,7 +62,7 @@ def _count_reductions(argv, out_file):
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
     from bigrerank import distributed
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     calls, per_step = {"n": 0}, []
@@ -108,7 +108,7 @@ def _last_micro_batch_not_finite(argv: list[str], factor: float, weights_file: s
     import torch
 
     from bigrerank import distributed, losses
-    from bigrerank.arguments import parse
+    from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     calls = {"n": 0}

@@ -18,7 +18,7 @@ from bigrerank.checkpoints import store
 from bigrerank.checkpoints.best import BestCheckpoint
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, consolidate
 from bigrerank.data.collection import read_qrels, read_run
-from bigrerank.evaluation.evaluate import evaluate
+from bigrerank.evaluation.metrics import evaluate
 from bigrerank.training.evaluation import metric_names, score_shards
 from tests.dist_harness import run_jobs
 from tests.tiny import tiny_model_dir, write_beir, write_groups
@@ -218,7 +218,7 @@ def test_evaluation_restores_every_module_mode_and_the_rng(tmp_path):
     from types import SimpleNamespace
 
     from bigrerank.data.pairs import PairEncoder
-    from bigrerank.inference.candidates import Candidate
+    from bigrerank.data.candidates import Candidate
     from bigrerank.training.evaluation import JUDGED_BY, EvalSet, Evaluator
     from tests.tiny import tiny_tokenizer
 
@@ -297,12 +297,12 @@ def test_a_best_judged_otherwise_is_not_carried_over(tmp_path, caplog):
 
 
 def test_every_rank_runs_as_many_forwards_and_the_scores_come_back_in_order(monkeypatch):
-    """5 length-sorted batches dealt to 3 ranks: each runs 2 forwards (rank 2: one real, one padding, dropped) and
-    the gathered scores are every pair's, in input order."""
-    from bigrerank import distributed
+    """8 pairs dealt to 3 ranks (3, 3 and 2 pairs), 2 to a batch: each runs 2 forwards (rank 2: one real, then its
+    batch again as padding, dropped) and the gathered scores are every pair's, in input order."""
+    from bigrerank import distributed, sharded_scoring
     from bigrerank.training import evaluation
 
-    pairs = [([k] * n, [0] * n) for k, n in enumerate((5, 3, 9, 1, 7, 2, 8, 4, 6), start=1)]
+    pairs = [([k] * n, [0] * n) for k, n in enumerate((5, 3, 9, 1, 7, 2, 8, 4), start=1)]
     collate = lambda rows: {"input_ids": torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i, _ in rows], True)}
     engine = type("Engine", (), {"device": "cpu"})()
     shards, forwards, results = [None] * 3, {}, {}
@@ -317,11 +317,11 @@ def test_every_rank_runs_as_many_forwards_and_the_scores_come_back_in_order(monk
 
             def gather(out, own, rank=rank):
                 shards[rank] = shards[rank] or own
-                out[:] = shards if gather_pass == "check" else [own] * 3
+                out[:] = shards if gather_pass == "check" else [[0.0] * len(pairs[r::3]) for r in range(3)]
 
-            monkeypatch.setattr(evaluation.dist, "all_gather_object", gather)
+            monkeypatch.setattr(sharded_scoring.dist, "all_gather_object", gather)
             results[rank] = score_shards(engine, pairs, collate, batch_size=2)
     assert [len(forwards["check", r]) for r in range(3)] == [2, 2, 2]
-    assert forwards["check", 2] == [2, 1]  # its own batch, then the padding forward (the shortest batch)
+    assert forwards["check", 2] == [2, 2]  # its own batch, then the padding forward (the same batch)
     expected = [float(sum(ids)) for ids, _ in pairs]
     assert results[0] == results[1] == results[2] == expected

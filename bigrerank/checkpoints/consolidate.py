@@ -3,8 +3,9 @@
 Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
 weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole weights and are read
 directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
-directory (config.json with num_labels=1, model.safetensors — sharded when large —, tokenizer files,
-README.md model card) is built in a temporary folder and moved into place complete.
+directory (config.json, model.safetensors — sharded when large —, tokenizer files, README.md model card, the
+scoring contract and the training record, TRAINING_INFO) is built in a temporary folder and moved into place
+complete.
 A LoRA checkpoint is exported merged into its base (a yes_no model then converted to a classifier, unless
 `keep_causal_lm`), or with `adapter_only` as the peft adapter (adapter_config.json naming the base and its task,
 SEQ_CLS or CAUSAL_LM for yes_no; adapter_model.safetensors with the adapters and a classifier's trained head).
@@ -14,18 +15,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .. import lora
+from .. import heads, lora
 from ..atomic import apply_umask, temp_dir_beside
-from ..command_line import CommandParser
+from ..contract import ScoringContract
 from ..errors import InputError
-from ..scoring import ScoringContract
-from .export_heads import yes_no_to_classifier
+from ..model import load_config, load_tokenizer
 from .store import MANIFEST, damaged, incomplete_reason, is_save_dir, latest, read_manifest
 
 TRAINING_INFO = "bigrerank_training.json"
@@ -115,9 +113,9 @@ def _master_weights(optimizer_state, group_names: list[list[str]] | None, module
     return masters
 
 
-def model_card(config, info: dict) -> str:
+def model_card(config, head: heads.ScoreHead, info: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
-    if any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or []):
+    if head is heads.YES_NO:
         intro = (f"# LLM reranker\n\nA `{config.model_type}` causal LM scoring a pair as logit(yes) - logit(no) at "
                  "the end of its prompt (see bigrerank_scoring.json)")
         usage = ("from bigrerank import RerankerForInference\n"
@@ -136,18 +134,15 @@ def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, ma
                     contract: ScoringContract | None = None) -> Path:
     """Write an HF reranker directory from a full state dict; it appears complete or not at all.
 
-    A sequence classifier with one label, or the causal LM of a `yes_no` contract; the contract goes beside it."""
+    The model class of the contract's head (a classifier without one); the contract goes beside it."""
     out_dir = Path(out_dir)
-    causal = contract is not None and contract.score_head == "yes_no"
-    if not causal:
-        config.num_labels = 1
-    with torch.device("meta"):
-        model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_config(config)
+    head = contract.head if contract is not None else heads.CLASSIFIER
+    model = head.on_meta(config)
     expected = set(model.state_dict())
     missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
     if missing:
         raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
-    return _build_dir(out_dir, tokenizer, info, model_card(config, info), lambda tmp: model.save_pretrained(
+    return _build_dir(out_dir, tokenizer, info, model_card(config, head, info), lambda tmp: model.save_pretrained(
         tmp, state_dict={k: v for k, v in state_dict.items() if k in expected}, max_shard_size=max_shard_size),
         contract)
 
@@ -198,14 +193,15 @@ def _place(tmp: Path, out_dir: Path) -> None:
 def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False,
                 adapter_only: bool = False, verify: bool = True) -> Path:
     """A checkpoint as a Hugging Face directory: LoRA merged into its base (or, with `adapter_only`, the peft
-    adapter); a `yes_no` model becomes a sequence classifier unless `keep_causal_lm`. `verify`: compare every
-    file's checksum first (the end of training skips it for the checkpoint it has just written)."""
+    adapter); a `yes_no` model becomes a sequence classifier of its architecture unless `keep_causal_lm`.
+    `verify`: compare every file's checksum first (the end of training skips it for the checkpoint it has just
+    written)."""
     root, tag = locate(checkpoint, tag, verify)
     hf_dir = root / tag / "hf"
     if adapter_only and not lora.is_lora(hf_dir):
         raise InputError(root / tag, "--adapter_only: this checkpoint was not trained with LoRA (--lora_r)")
-    config = AutoConfig.from_pretrained(hf_dir)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    config = load_config(hf_dir)
+    tokenizer = load_tokenizer(hf_dir, config)
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
@@ -213,9 +209,11 @@ def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: boo
     if adapter_only:
         return write_adapter_dir(lora.trained_peft_model(config, hf_dir, weights), tokenizer, out_dir, info, contract)
     state_dict = lora.export_state(config, hf_dir, weights)
-    if contract is not None and contract.score_head == "yes_no" and not keep_causal_lm:
-        state_dict, config, contract = yes_no_to_classifier(state_dict, config, contract)
+    if contract is not None and not keep_causal_lm:
+        state_dict, config = contract.head.exported(state_dict, config, contract.answer_rows(), contract.pad_token_id)
+        contract = contract.as_classifier()
     return write_model_dir(state_dict, config, tokenizer, out_dir, info, contract=contract)
+
 
 def is_export(directory: Path) -> bool:
     """Whether `directory` holds a model this project exported (its training record beside config.json)."""
@@ -232,37 +230,3 @@ def check_export_dir(out_dir) -> None:
     if any(out_dir.iterdir()) and not is_export(out_dir):
         raise InputError(out_dir, f"is not empty and holds no previous export (no {TRAINING_INFO} and config.json): "
                                   "refusing to replace its files; give a new or empty directory")
-
-
-USAGE = "bigrerank consolidate CHECKPOINT OUTPUT [--tag TAG]   (or --checkpoint CHECKPOINT --output OUTPUT)"
-
-
-@dataclass
-class ConsolidateArguments:
-    checkpoint: str = field(metadata={
-        "help": "checkpoint save directory (<output_dir>/checkpoints: its 'latest' or --tag), or a tag directory"})
-    output: str = field(metadata={
-        "help": "Hugging Face directory to write: new, empty, or a previous export (replaced)",
-        "aliases": ["--out_dir"]})
-    tag: str | None = field(default=None, metadata={"help": "checkpoint tag, e.g. step-500 (None: 'latest')"})
-    keep_causal_lm: bool = field(default=False, metadata={
-        "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
-    adapter_only: bool = field(default=False, metadata={
-        "help": "LoRA: export the peft adapter (and a classifier's trained head) instead of the merged model"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(ConsolidateArguments, "consolidate", usage=USAGE,
-                           description="Turn a DeepSpeed checkpoint into a Hugging Face reranker directory.")
-    (args,) = parser.parse(_positional(argv))
-    check_export_dir(args.output)
-    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm, args.adapter_only)
-    print(f"wrote {out}")
-    return 0
-
-
-def _positional(argv: list[str] | None) -> list[str] | None:
-    """Accept `consolidate CHECKPOINT OUTPUT [--tag TAG]` (positional) as well as --checkpoint/--output."""
-    if argv is None or len(argv) < 2 or argv[0].startswith("-") or argv[1].startswith("-"):
-        return argv
-    return ["--checkpoint", argv[0], "--output", argv[1], *argv[2:]]

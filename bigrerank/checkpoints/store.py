@@ -208,7 +208,7 @@ def is_save_dir(path: Path) -> bool:
         (path / "latest").is_file() or any(TAG.match(p.name) and p.is_dir() for p in path.iterdir()))
 
 
-def resolve(root, requested: str | None) -> Path | None:
+def resume_point(root, requested: str | None) -> Path | None:
     """The checkpoint to resume from: 'latest' -> `latest(root)` (or None); an output or save dir -> its
     `latest`; else a tag directory, which must be complete."""
     if requested is None:

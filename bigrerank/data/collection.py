@@ -14,6 +14,7 @@ from typing import Iterator
 from ..errors import InputError
 
 RUN_FORMATS = ("auto", "trec", "marco", "scores")
+Run = dict[str, list[tuple[str, float]]]  # a ranked (TREC) run: {qid: [(doc id, score), …] best first}
 log = logging.getLogger(__name__)
 
 
@@ -242,7 +243,7 @@ def resolve_run_format(path, fmt: str = "auto", flag: str = "--run_format") -> s
     return detect_run_format(path, flag) if fmt == "auto" else fmt
 
 
-def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
+def read_run(path, fmt: str = "auto") -> Run:
     """A ranked run {qid: [(doc id, score), …] best first} from TREC, MS MARCO or `qid pid score` files.
 
     Documents are ranked as trec_eval ranks them: by score, equal scores by document id (a TREC run's rank column
@@ -276,7 +277,7 @@ def read_run(path, fmt: str = "auto") -> dict[str, list[tuple[str, float]]]:
     return {qid: [(d, s) for d, s in sorted(docs, key=lambda row: (-row[1], row[0]))] for qid, docs in rows.items()}
 
 
-def read_run_announced(path, fmt: str = "auto", flag: str = "--run_format") -> dict[str, list[tuple[str, float]]]:
+def read_run_announced(path, fmt: str = "auto", flag: str = "--run_format") -> Run:
     """`read_run`, saying on stderr which format the file was read as (detected, or given with `flag`)."""
     resolved = resolve_run_format(path, fmt, flag)
     how = "detected" if fmt == "auto" else flag

@@ -1,4 +1,4 @@
-"""`bigrerank fuse`: combine runs (e.g. BM25's and a reranker's) into one TREC run with ranx's fusion methods.
+"""Fusion of runs (e.g. BM25's and a reranker's) into one with ranx's methods, and its parameter file.
 
 Fusion and weight optimisation are ranx's (`ranx.fuse`, `ranx.optimize_fusion`); this module reads and checks
 the runs, keeps the learned parameters in a JSON file beside the output (method, normalisation, parameters and
@@ -10,13 +10,11 @@ import contextlib
 import json
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file
-from ..command_line import CommandParser
-from ..data.collection import read_qrels, read_run
-from ..data.runs import run_lines
+from ..data.collection import Run, read_qrels, read_run
 from ..errors import InputError
 
 
@@ -26,26 +24,6 @@ SCALAR = {"rrf": ("k", 60), "logn_isr": ("sigma", 0.01), "rbc": ("phi", None), "
 PLAIN = ("sum", "mnz", "anz", "max", "min", "med", "isr", "log_isr", "bordafuse", "condorcet")
 METHODS = (*WEIGHTED, *SCALAR, *PLAIN)
 NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "none")
-Run = dict[str, list[tuple[str, float]]]
-
-
-@dataclass
-class FuseArguments:
-    runs: list[str] = field(metadata={"help": "two or more runs (TREC, MS MARCO or score files) over the same queries"})
-    output: str = field(metadata={"help": "fused TREC run to write"})
-    method: str | None = field(default=None, metadata={
-        "help": "ranx fusion method (default: the --weights file's, else wsum)", "choices": METHODS})
-    norm: str | None = field(default=None, metadata={
-        "help": "ranx score normalisation before fusing (default: the --weights file's, else min-max)",
-        "choices": NORMS})
-    weights: list[str] | None = field(default=None, metadata={
-        "aliases": ["--params"],
-        "help": "a JSON file written by --optimize_on, or values: one weight per run (wsum, wmnz, mixed, "
-                "w_bordafuse, w_condorcet) or the one parameter of rrf (k), logn_isr (sigma), rbc (phi), gmnz (gamma)"})
-    optimize_on: str | None = field(default=None, metadata={
-        "help": "qrels to learn the method's parameters on (ranx grid search); saved to <output>.fusion.json"})
-    metric: str = field(default="ndcg@10", metadata={"help": "ranx metric --optimize_on maximises, e.g. ndcg@10, mrr@10"})
-    run_name: str = field(default="fused", metadata={"help": "TREC run tag (last column)"})
 
 
 @dataclass(frozen=True)
@@ -73,39 +51,6 @@ def check_metric(metric: str) -> None:
         raise ValueError(f"the cut-off of '{metric}' must be a positive integer")
 
 
-def weights_file(args: FuseArguments) -> str | None:
-    """The --weights argument when it names a file (one value that is not a number), else None."""
-    if not args.weights or len(args.weights) != 1:
-        return None
-    try:
-        float(args.weights[0])
-    except ValueError:
-        return args.weights[0]
-    return None
-
-
-def check_paths(args: FuseArguments) -> None:
-    """InputError for too few or repeated runs, an unknown metric, or an output (or the parameter file it
-    brings) over an input."""
-    try:
-        check_metric(args.metric)
-    except ValueError as e:
-        raise InputError("--metric", str(e)) from None
-    if len(args.runs) < 2:
-        raise InputError("--runs", f"needs at least two runs to fuse, got {len(args.runs)}")
-    repeated = sorted({p for p in args.runs if args.runs.count(p) > 1})
-    if repeated:
-        raise InputError(repeated[0], "given twice in --runs")
-    if args.weights and args.optimize_on:
-        raise InputError("--optimize_on", "learns the parameters: give it or --weights, not both")
-    inputs = [*args.runs, *filter(None, (weights_file(args), args.optimize_on))]
-    resolved = {Path(p).resolve(): p for p in inputs}
-    written = [args.output] + ([str(params_path(args.output))] if args.optimize_on else [])
-    for out in written:
-        if Path(out).resolve() in resolved:
-            raise InputError(out, f"the output would overwrite the input {resolved[Path(out).resolve()]}")
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -128,24 +73,6 @@ def params_problem(method: str, params: dict, runs: int) -> str | None:
     elif params:
         return f"--method {method} takes no parameters"
     return None
-
-
-def params_from_values(values: list[str], method: str, runs: int) -> dict:
-    """Parameters from command-line values: one weight per run, or the method's single parameter."""
-    try:
-        numbers = [float(v) for v in values]
-    except ValueError:
-        raise InputError("--weights", "takes a JSON file written by --optimize_on, or numbers") from None
-    if method in SCALAR:
-        name = SCALAR[method][0]
-        params = {name: (int(numbers[0]) if name == "k" and numbers[0].is_integer() else numbers[0])
-                  if len(numbers) == 1 else numbers}
-    else:
-        params = {"weights": numbers}
-    problem = params_problem(method, params, runs)
-    if problem:
-        raise InputError("--weights", problem)
-    return params
 
 
 def read_fusion_file(path, runs: int) -> tuple[Fusion, list[str]]:
@@ -178,38 +105,6 @@ def read_fusion_file(path, runs: int) -> tuple[Fusion, list[str]]:
     if problem:
         raise InputError(path, problem, field="params")
     return Fusion(saved["method"], saved["norm"], params), names
-
-
-def chosen_fusion(args: FuseArguments) -> Fusion:
-    """The fusion the arguments ask for (parameters still to learn when --optimize_on is given)."""
-    runs, path = len(args.runs), weights_file(args)
-    if path is not None:
-        saved, names = read_fusion_file(path, runs)
-        for option, value in (("method", args.method), ("norm", args.norm)):
-            if value is not None and value != getattr(saved, option):
-                raise InputError(path, f"learned for --{option} {getattr(saved, option)}, not {value}", field=option)
-        describe_params(saved, args.runs, learned_for=names)
-        return saved
-    method, norm = args.method or "wsum", args.norm or "min-max"
-    if args.weights:
-        return Fusion(method, norm, params_from_values(args.weights, method, runs))
-    if args.optimize_on:
-        if method in PLAIN:
-            raise InputError("--optimize_on", f"--method {method} has no parameters to optimise")
-        return Fusion(method, norm, {})
-    if method in WEIGHTED or (method in SCALAR and SCALAR[method][1] is None):
-        raise InputError("--method", f"{method} needs --weights (values or a file) or --optimize_on QRELS")
-    return Fusion(method, norm, {SCALAR[method][0]: SCALAR[method][1]} if method in SCALAR else {})
-
-
-def describe_params(fusion: Fusion, paths: list[str], learned_for: list[str] | None = None) -> None:
-    """Print the parameters, each weight beside the run it applies to (and the run it was learned for)."""
-    if "weights" not in fusion.params:
-        print(f"{fusion.method} parameters: {json.dumps(fusion.params)}")
-        return
-    for i, (weight, path) in enumerate(zip(fusion.params["weights"], paths)):
-        origin = f" (learned for {learned_for[i]})" if learned_for else ""
-        print(f"{fusion.method} weight {weight:g} -> {path}{origin}")
 
 
 def read_runs(paths: list[str]) -> list[Run]:
@@ -278,33 +173,3 @@ def save_fusion(path, fusion: Fusion, names: list[str], qrels: str, metric: str)
         json.dump({"method": fusion.method, "norm": fusion.norm, "params": fusion.params, "runs": names,
                    "optimized_on": qrels, "metric": metric}, f, indent=2)
         f.write("\n")
-
-
-def parse_arguments(argv: list[str] | None) -> FuseArguments:
-    parser = CommandParser(FuseArguments, "fuse")
-    (args,) = parser.parse(argv)
-    if not args.run_name or len(args.run_name.split()) != 1 or args.run_name != args.run_name.strip():
-        parser.error(f"--run_name must be one word without whitespace, got {args.run_name!r}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
-    check_paths(args)
-    fusion = chosen_fusion(args)
-    runs, names = read_runs(args.runs), [Path(p).name for p in args.runs]
-    if args.optimize_on:
-        fusion = optimize(fusion, runs, names, args.optimize_on, args.metric)
-        save_fusion(params_path(args.output), fusion, names, args.optimize_on, args.metric)
-        describe_params(fusion, args.runs)
-        print(f"saved the learned parameters -> {params_path(args.output)}")
-    fused = fuse(fusion, runs, names)
-    with atomic_file(args.output, "w", encoding="utf-8") as f:
-        f.writelines(run_lines(fused, "trec", args.run_name))
-    print(f"bigrerank fuse: {fusion.method} ({fusion.norm} normalised) of {len(runs)} runs, {len(fused)} queries "
-          f"-> {args.output}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

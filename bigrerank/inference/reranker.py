@@ -1,28 +1,29 @@
-"""`RerankerForInference`: score (query, passage) pairs with a trained cross-encoder.
+"""`RerankerForInference`: score (query, passage) pairs with a trained reranker, either score head.
 
 The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` returning the model output),
-plus `score`/`rerank` conveniences and a fast scoring loop: length-sorted batches with dynamic padding,
-`torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family models, first-token
-scoring (first_token.py: the last layer runs for the scored token only; a batch without padding runs without
-an attention mask). On a GPU, batches are copied from pinned memory without blocking and scores stay on the
-device until the end, so the host prepares the next batch while the GPU computes.
+plus `score`/`rerank` conveniences and a fast scoring loop (sharded_scoring.py): length-sorted batches with
+dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family
+models, first-token scoring (first_token.py: the last layer runs for the scored token only; a batch without
+padding runs without an attention mask). On a GPU, batches are copied from pinned memory without blocking and
+scores stay on the device until the end, so the host prepares the next batch while the GPU computes.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          BatchEncoding)
+from transformers import BatchEncoding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .. import scoring
+from .. import heads
+from ..contract import ScoringContract, make_encoder, resolve_contract
 from ..data.pairs import PairEncoder
-from ..model import max_len_problem
-from ..scoring import ScoringContract
+from ..heads import scores_from_logits
+from ..model import load_config, load_reranker, load_tokenizer, max_len_problem
+from ..sharded_scoring import Pair, score_sharded
 from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,13 +50,6 @@ def default_max_len(config, tokenizer) -> int:
     return int(min(limits))
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of similar length, longest first (an out-of-memory shows up at once)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
-
-
 def _as_list(texts: str | Sequence[str]) -> list[str]:
     return [texts] if isinstance(texts, str) else list(texts)
 
@@ -71,16 +65,14 @@ def _broadcast(queries: str | Sequence[str], passages: str | Sequence[str]) -> t
 
 
 class RerankerForInference(nn.Module):
-    """A sequence-classification model with one logit per (query, passage) pair, ready for scoring."""
+    """A reranker model, one score per (query, passage) pair, ready for scoring: a classifier's logit, or a causal
+    LM's yes/no answer logits (heads.py)."""
 
     def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32",
                  torch_compile: bool = False, contract: ScoringContract | None = None):
         super().__init__()
         self.contract = contract
-        yes_no = contract is not None and contract.score_head == "yes_no"
-        if not yes_no and hf_model.config.num_labels != 1:
-            raise ValueError("a reranker has one output logit (num_labels=1), "
-                             f"this model has {hf_model.config.num_labels}")
+        (contract.head if contract is not None else heads.CLASSIFIER).check_loaded(hf_model)
         self.device = torch.device(device) if device is not None else default_device()
         self.precision, self.compute_dtype = precision, compute_dtype(precision, self.device)
         self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
@@ -90,7 +82,7 @@ class RerankerForInference(nn.Module):
                                            or default_max_len(hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
-        self.full_forward_reason = "a decoder (yes/no answer head)" if yes_no else unsupported(self.hf_model)
+        self.full_forward_reason = unsupported(self.hf_model)
         if self.full_forward_reason is None:
             self._scorer = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
             # one dynamic-shape graph for every batch size and width, compiled at the first batch
@@ -105,16 +97,10 @@ class RerankerForInference(nn.Module):
         """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output, scored the way its
         `bigrerank_scoring.json` says; a model without one (a released reranker, a base model) gets its
         architecture's default or `score_head` / `template` / `instruction`."""
-        config = AutoConfig.from_pretrained(model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        contract = scoring.resolve(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
-        if contract.score_head == "yes_no":
-            hf_model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **model_kwargs)
-            scoring.install_answer_head(hf_model, contract)
-        else:
-            if contract.pad_token_id is not None and scoring.is_decoder(config):
-                model_kwargs.setdefault("pad_token_id", contract.pad_token_id)
-            hf_model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **model_kwargs)
+        config = load_config(model_name_or_path)
+        tokenizer = load_tokenizer(model_name_or_path, config)
+        contract = resolve_contract(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
+        hf_model = load_reranker(model_name_or_path, contract=contract, one_logit=False, **model_kwargs)
         return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
                    torch_compile=torch_compile, contract=contract)
 
@@ -128,7 +114,7 @@ class RerankerForInference(nn.Module):
         """The pair encoder for `max_len` (default: the reranker's), built once."""
         max_len = self._check_max_len(max_len or self.max_len)
         if max_len not in self._encoders:
-            self._encoders[max_len] = scoring.make_encoder(self.tokenizer, max_len, self.contract)
+            self._encoders[max_len] = make_encoder(self.tokenizer, max_len, self.contract)
         return self._encoders[max_len]
 
     def tokenize(self, queries: str | Sequence[str], passages: str | Sequence[str], max_len: int | None = None,
@@ -165,27 +151,20 @@ class RerankerForInference(nn.Module):
         with torch.inference_mode(), self._autocast():
             if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
                 logits = self.hf_model(**batch).logits
-                scores = scoring.scores_from_logits(logits, batch.get("attention_mask"))
+                scores = scores_from_logits(logits, batch.get("attention_mask"))
                 return SequenceClassifierOutput(logits=scores.unsqueeze(-1))
             self._scorer.check_weights()
             return SequenceClassifierOutput(logits=self._score_pairs(**batch))
 
-    def score_encoded(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64,
-                      bar: tqdm | None = None) -> list[float]:
+    def score_batch(self, pairs: list[Pair]) -> torch.Tensor:
+        """(pairs,) float32 scores of one batch of encoded pairs, left on the device."""
+        return self(self.encoder().collate(pairs, pin_memory=self.device.type == "cuda")).logits[:, 0].float()
+
+    def score_encoded(self, pairs: Sequence[Pair], batch_size: int = 64, bar: tqdm | None = None) -> list[float]:
         """Scores of encoded pairs (PairEncoder output), in input order, computed in length-sorted batches."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        collate, pin = self.encoder().collate, self.device.type == "cuda"
-        order, logits = [], []
-        for indices in length_sorted_batches([len(ids) for ids, _ in pairs], batch_size):
-            logits.append(self(collate([pairs[i] for i in indices], pin_memory=pin)).logits[:, 0].float())
-            order.extend(indices)
-            if bar is not None:
-                bar.update(len(indices))
-        scores = [0.0] * len(pairs)
-        for i, value in zip(order, torch.cat(logits).tolist() if logits else []):  # one device sync, at the end
-            scores[i] = value
-        return scores
+        return score_sharded(self.score_batch, pairs, batch_size, on_batch=bar.update if bar is not None else None)
 
     def score(self, queries: str | Sequence[str], passages: str | Sequence[str], batch_size: int = 64,
               progress: bool = False) -> list[float]:

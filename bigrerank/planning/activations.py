@@ -26,6 +26,7 @@ recomputing.
 """
 from __future__ import annotations
 
+from .. import heads
 from .shape import ModelShape
 
 
@@ -68,5 +69,5 @@ def pair_bytes(shape: ModelShape, tokens: int, dtype_bytes: int, on_gpu: bool, c
 def score_bytes(shape: ModelShape, pairs_in_micro_batch: int, alive_pairs: int) -> float:
     """Scores (float32) and their gradients for the micro-batch, and the head's outputs of the pairs alive:
     one logit (classifier), or the yes/no rows' two (yes_no: never the full vocabulary)."""
-    rows = 2 if shape.score_head == "yes_no" else 1
-    return 4 * 2 * pairs_in_micro_batch + 4 * rows * alive_pairs
+    outputs = heads.get(shape.score_head).outputs_per_pair
+    return 4 * 2 * pairs_in_micro_batch + 4 * outputs * alive_pairs

@@ -1,20 +1,16 @@
 """The sizes of a model that memory depends on, read off its config with the model built on `meta` (no weights).
 
 Parameter counts (total, trainable under LoRA, the largest module, every tensor's size) come from the very
-module training builds: `AutoModelForSequenceClassification` (score head `classifier`) or
-`AutoModelForCausalLM` (`yes_no`, whose score reads 2 rows of the LM head), wrapped by peft when LoRA is on.
+module training builds: the model class of the score head (heads.py), wrapped by peft when LoRA is on.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from .. import heads, lora
 
-SCORE_HEADS = ("classifier", "yes_no")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -39,7 +35,7 @@ class ModelShape:
     hidden_dropout: float
     attention_dropout: float
     checkpoint_bytes: int            # bytes per weight as stored (config dtype; float32 when unset)
-    score_head: str = "classifier"
+    score_head: str = "classifier"  # heads.py: what the score reads
     lora_inputs_per_layer: int = 0   # LoRA: summed input width of one block's adapted projections
     lora_adapters_per_layer: int = 0
     lora_outputs_per_layer: int = 0  # LoRA: summed output width of the same projections
@@ -47,41 +43,12 @@ class ModelShape:
     lora_dropout: float = 0.0
 
 
-def read_config(name_or_path: str):
-    """A model directory (or hub name) or a config.json file -> its transformers config."""
-    from transformers import AutoConfig
+def _build(config, head: heads.ScoreHead, model_args):
+    model = head.on_meta(config)
+    if model_args is not None and model_args.lora_r > 0:
+        from peft import get_peft_model
 
-    from ..model import load_config
-
-    path = Path(name_or_path)
-    if not path.is_file():
-        return load_config(name_or_path)
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not a JSON model config ({e})") from None
-    if not isinstance(values, dict) or "model_type" not in values:
-        raise InputError(path, "a model config needs a JSON object with a 'model_type'", field="model_type")
-    try:
-        return AutoConfig.for_model(values.pop("model_type"), **values)
-    except (KeyError, ValueError) as e:
-        raise InputError(path, f"unknown model type ({str(e).splitlines()[0]})", field="model_type") from None
-
-
-def _build(config, score_head: str, model_args):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .. import lora
-
-    with torch.device("meta"):
-        if score_head == "yes_no":
-            model = AutoModelForCausalLM.from_config(config)
-        else:
-            config.num_labels = 1
-            model = AutoModelForSequenceClassification.from_config(config)
-        if model_args is not None and model_args.lora_r > 0:
-            from peft import get_peft_model
-
+        with torch.device("meta"):
             model = get_peft_model(model, lora.lora_config(model, model_args))
     return model
 
@@ -103,13 +70,11 @@ def _lora_block(model) -> tuple[int, int, int]:
 
 def model_shape(config, model_args=None, score_head: str = "classifier") -> ModelShape:
     """The memory-relevant sizes of `config` trained as a reranker with `model_args`' LoRA settings."""
-    if score_head not in SCORE_HEADS:
-        raise InputError("--score_head", f"must be one of {', '.join(SCORE_HEADS)}, got '{score_head}'")
-    model = _build(config, score_head, model_args)
+    model = _build(config, heads.get(score_head), model_args)
     params = list(model.parameters())
     names = _names(model)
     kinds = {type(m).__name__ for m in model.modules()}
-    heads = config.num_attention_heads
+    attention_heads = config.num_attention_heads
     hidden = config.hidden_size
     dtype = getattr(config, "dtype", None)
     dtype = str(dtype).replace("torch.", "") if dtype is not None else "float32"
@@ -120,9 +85,9 @@ def model_shape(config, model_args=None, score_head: str = "classifier") -> Mode
         largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
         param_sizes=tuple(p.numel() for p in params),
         trainable_sizes=tuple(p.numel() for p in params if p.requires_grad),
-        layers=config.num_hidden_layers, hidden=hidden, heads=heads,
-        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or hidden // heads,
+        layers=config.num_hidden_layers, hidden=hidden, heads=attention_heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or attention_heads,
+        head_dim=getattr(config, "head_dim", None) or hidden // attention_heads,
         intermediate=config.intermediate_size, vocab=config.vocab_size,
         rms_norm=any("RMSNorm" in kind for kind in kinds),
         gated_mlp=bool(names & {"gate_proj", "gate_up_proj"}), qk_norm="q_norm" in names,

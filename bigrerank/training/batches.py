@@ -14,7 +14,7 @@ from .shard import Shard, chunk_bounds
 class MicroBatch:
     batches: list[dict]            # one batch (plain) or one per chunk (cached), query-major
     shape: tuple[int, int]         # (queries, width) of this rank's score matrix
-    real: torch.Tensor             # (queries, width) 1.0 for real pairs, 0.0 for slice padding
+    real_mask: torch.Tensor        # (queries, width) 1.0 for real pairs, 0.0 for slice padding
     group_size: int                # passages per query, over all ranks
     chunked: bool = False          # gradient cache: score the chunks without grad, then recompute each
     shard: Shard = Shard()
@@ -24,7 +24,8 @@ class MicroBatch:
 
     def to(self, device) -> MicroBatch:
         return replace(self, batches=[{k: v.to(device) for k, v in b.items()} for b in self.batches],
-                       real=self.real.to(device), teacher=None if self.teacher is None else self.teacher.to(device))
+                       real_mask=self.real_mask.to(device),
+                       teacher=None if self.teacher is None else self.teacher.to(device))
 
 
 def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, chunk_size: int, text: bool,
@@ -38,17 +39,17 @@ def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, 
     if text:
         queries = encoder.token_ids([q for q, _, _ in rows])
         passages = encoder.token_ids([p for _, ps, _ in rows for p in ps])
-        rows = [(queries[i], passages[i * width:(i + 1) * width], real) for i, (_, _, real) in enumerate(rows)]
-    pairs, real = [], torch.zeros(len(rows), width)
+        rows = [(queries[i], passages[i * width:(i + 1) * width], count) for i, (_, _, count) in enumerate(rows)]
+    pairs, real_mask = [], torch.zeros(len(rows), width)
     for i, (query, passages, count) in enumerate(rows):
         pairs.extend(encoder.encode_ids(query, passage) for passage in passages)
-        real[i, :count] = 1.0
+        real_mask[i, :count] = 1.0
     bounds = chunk_bounds(len(pairs), chunk_size) if chunk_size else [(0, len(pairs))]
-    flat_real = real.reshape(-1).bool().tolist()
-    tokens = sum(len(ids) for (ids, _), keep in zip(pairs, flat_real) if keep)
-    return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], (len(rows), width), real, len(groups[0][1]),
-                      chunked=bool(chunk_size), shard=shard, teacher=teacher, pairs=int(real.sum().item()),
-                      tokens=tokens)
+    is_real = real_mask.reshape(-1).bool().tolist()
+    tokens = sum(len(ids) for (ids, _), keep in zip(pairs, is_real) if keep)
+    return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], (len(rows), width), real_mask,
+                      len(groups[0][1]), chunked=bool(chunk_size), shard=shard, teacher=teacher,
+                      pairs=int(real_mask.sum().item()), tokens=tokens)
 
 
 @dataclass

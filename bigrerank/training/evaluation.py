@@ -1,35 +1,33 @@
 """Evaluation while training: every --eval_steps optimizer steps, and at the end, the live engine scores the eval
-candidates (read by `bigrerank rerank`'s readers, encoded by the training pair encoder) and the project's
-`evaluate` turns the scores into ir_measures metrics.
+candidates (the candidate source `bigrerank rerank` reads, encoded by the training pair encoder) and the metrics
+of `bigrerank eval` are taken of the scores.
 
-Scoring is split over the data-parallel ranks: the candidates' length-sorted batches are dealt round-robin, and
-every rank runs the same number of forward passes (a rank short of batches scores a copy of the shortest one
-and drops it), which ZeRO-3 needs: each forward gathers the partitioned weights from every rank. The scores are
-gathered to every rank, so each computes the same metrics. The model runs in eval mode under `no_grad`; every
-module's train/eval mode and the RNG state are restored after, so training continues exactly as without it.
+Scoring is split over the data-parallel ranks with every rank running the same number of forward passes
+(sharded_scoring.py), which ZeRO-3 needs; the scores are gathered to every rank, so each computes the same
+metrics. The model runs in eval mode under `no_grad`; every module's train/eval mode and the RNG state are
+restored after, so training continues exactly as without it.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from .. import distributed
 from ..checkpoints.best import BestCheckpoint
+from ..data.candidates import Candidate, CandidateSource, encode_candidates
 from ..data.collection import read_qrels
 from ..errors import InputError
-from ..evaluation.evaluate import DEFAULT_METRICS, evaluate, parse_metrics
-from ..inference.candidates import Candidate, encode_candidates, read_pair_candidates, read_run_candidates
-from ..inference.reranker import length_sorted_batches
+from ..evaluation.metrics import DEFAULT_METRICS, evaluate, parse_metrics
 from ..model import pair_scores
 from ..rng import RngState
+from ..sharded_scoring import score_sharded
 
-INPUT_FLAGS = ("eval_path", "eval_ids", "eval_run", "eval_queries", "eval_corpus", "eval_qrels")
-JUDGED_BY = (*INPUT_FLAGS, "eval_run_format", "eval_depth")  # what the recorded best's values depend on (with the metric)
+SOURCE_FLAGS = {"pairs": "eval_path", "ids": "eval_ids", "run": "eval_run", "queries": "eval_queries",
+                "corpus": "eval_corpus", "depth": "eval_depth", "run_format": "eval_run_format"}
+JUDGED_BY = (*SOURCE_FLAGS.values(), "eval_qrels")  # what the recorded best's values depend on (with the metric)
 
 
 @dataclass
@@ -54,20 +52,21 @@ def enabled(args) -> bool:
     return args.eval_qrels is not None
 
 
+def eval_source(args) -> CandidateSource:
+    """The eval candidates' source, as the --eval_* flags give it."""
+    return CandidateSource(**{name: getattr(args, flag) for name, flag in SOURCE_FLAGS.items()},
+                           flags={name: f"--{flag}" for name, flag in SOURCE_FLAGS.items()})
+
+
 def read_eval_set(args, vocab_size: int) -> EvalSet | None:
     """The eval candidates and qrels (None without --eval_qrels); a missing file is an InputError naming its flag."""
     if not enabled(args):
         return None
-    for flag in INPUT_FLAGS:
-        path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
-            raise InputError(path, f"--{flag}: no such file")
-    if args.eval_path is not None:
-        candidates = read_pair_candidates(args.eval_path, vocab_size, args.eval_ids, "--eval_ids")
-    else:
-        candidates = read_run_candidates(args.eval_run, args.eval_queries, args.eval_corpus, args.eval_depth,
-                                         args.eval_run_format, "--eval_run_format")
-    return EvalSet(candidates, read_qrels(args.eval_qrels))
+    source = eval_source(args)
+    source.check_files()
+    if not Path(args.eval_qrels).is_file():
+        raise InputError(args.eval_qrels, "--eval_qrels: no such file")
+    return EvalSet(source.read(vocab_size), read_qrels(args.eval_qrels))
 
 
 def metric_names(best: str) -> list[str]:
@@ -76,27 +75,11 @@ def metric_names(best: str) -> list[str]:
 
 
 def score_shards(engine, pairs: list, collate, batch_size: int) -> list[float]:
-    """Scores of encoded `pairs` in order: this rank scores its share of the batches, all ranks gather them."""
-    rank, world = distributed.rank(), distributed.world_size()
-    batches = list(length_sorted_batches([len(ids) for ids, _ in pairs], batch_size))
-    mine = batches[rank::world]
-    scores = []
-    for i in range(math.ceil(len(batches) / world)):
-        indices = mine[i] if i < len(mine) else batches[-1]  # padding: every rank runs as many forwards
-        batch = {name: value.to(engine.device) for name, value in collate([pairs[j] for j in indices]).items()}
-        scored = pair_scores(engine, batch)
-        if i < len(mine):
-            scores.append(scored)
-    own = ([j for indices in mine for j in indices], torch.cat(scores).tolist() if scores else [])
-    shards = [own]
-    if world > 1:
-        shards = [None] * world
-        dist.all_gather_object(shards, own)
-    result = [0.0] * len(pairs)
-    for indices, values in shards:
-        for j, value in zip(indices, values):
-            result[j] = value
-    return result
+    """The engine's scores of encoded `pairs`, in order, on every rank; each rank scores its share."""
+    def score_batch(batch_pairs):
+        return pair_scores(engine, {name: value.to(engine.device) for name, value in collate(batch_pairs).items()})
+
+    return score_sharded(score_batch, pairs, batch_size, rank=distributed.rank(), world=distributed.world_size())
 
 
 class Evaluator:

@@ -23,8 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..checkpoints import store
+from ..ds_config import warmup_steps
 from ..errors import InputError
-from .ds_config import warmup_steps
 from .evaluation import JUDGED_BY
 
 log = logging.getLogger(__name__)

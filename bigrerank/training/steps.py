@@ -49,7 +49,7 @@ def build_cache(micro: MicroBatch, local: torch.Tensor, loss_fn, **loss_kwargs):
     leaf = scores.detach().requires_grad_(True)
     loss = loss_fn(leaf, teacher=micro.teacher, **loss_kwargs)
     (score_grad,) = torch.autograd.grad(loss, leaf)
-    return loss, scores, micro.shard.own_gradient(score_grad, micro.shape[1]) * micro.real
+    return loss, scores, micro.shard.own_gradient(score_grad, micro.shape[1]) * micro.real_mask
 
 
 def forward_backward_chunks(engine, micro: MicroBatch, states: list[RngState], own: torch.Tensor,

@@ -1,7 +1,6 @@
 """The training loop: LCE (or BCE, or distillation) reranker training on a DeepSpeed engine, top to bottom.
 
-    python launch/train.py --model_name_or_path DIR --train_path data.jsonl --output_dir out \
-        --ds_config ds_configs/zero2.json [--grad_cache_chunk_size K] [--collaborative] ...
+`train(model_args, data_args, args)` takes the `train` command's three settings objects (commands/train.py).
 """
 from __future__ import annotations
 
@@ -14,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, lora, losses, scoring
+from .. import distributed, ds_config, lora, losses
 from ..checkpoints import store
 from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
+from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
-from ..errors import InputError
 from ..model import load_config, load_reranker, load_tokenizer
-from ..planning import command as memory_plan
-from . import ds_config, evaluation, resume_check, run_dir, skip_non_finite
+from ..planning.planner import check_training
+from . import evaluation, output_dir, resume_check, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
-from .preemption import PREEMPTED_EXIT_CODE, Preemption
+from .preemption import Preemption
 from .progress import Progress, TrainLog, start_wandb
 from .shard import Shard
 from .steps import ReductionScope, micro_batch_step
@@ -58,7 +57,7 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
     from transformers.integrations import HfDeepSpeedConfig
 
     hidden = getattr(model_config, "hidden_size", None)
-    config = ds_config.resolve(raw_config, args, world, total_steps, hidden, path=args.ds_config)
+    config = ds_config.fill_auto(raw_config, args, world, total_steps, hidden, path=args.ds_config)
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
     model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract), model_args,
@@ -71,13 +70,13 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
 
 
 @dataclass
-class Run:
-    """Everything a training run is built from, before its first step."""
+class TrainingSetup:
+    """Everything training is built from, before its first step."""
 
     engine: object
-    config: dict                   # the resolved DeepSpeed config
+    config: dict                   # the DeepSpeed config, its "auto" values filled
     tokenizer: object
-    contract: object               # how the model scores a pair (scoring.ScoringContract), saved beside it
+    contract: object               # how the model scores a pair (contract.ScoringContract), saved beside it
     source: MicroBatchSource
     steps_per_epoch: int
     total_steps: int
@@ -97,19 +96,19 @@ class TrainResult:
     preempted: bool = False
 
 
-def prepare(model_args, data_args, args) -> Run:
+def prepare(model_args, data_args, args) -> TrainingSetup:
     """Validate the inputs, start the ranks, load the data (once per machine) and build the engine."""
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path)
-    contract = scoring.resolve(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
-                               data_args.template, data_args.instruction, data_args.max_len)
-    if contract.score_head == "yes_no" and model_args.head_init_std is not None:
-        raise InputError("--head_init_std", "re-draws a classification head; the yes_no head has none")
-    lora.check_targets(model_args, model_config, contract.score_head)
-    memory_plan.check_training(model_args, data_args, args, raw_config, model_config)  # before the model loads
-    resume_dir = run_dir.check(data_args, args, model_config, model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_config)
+    contract = resolve_contract(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
+                                data_args.template, data_args.instruction, data_args.max_len)
+    if model_args.head_init_std is not None:
+        contract.head.check_reset()
+    lora.check_targets(model_args, model_config, contract.head)
+    check_training(model_args, data_args, args, raw_config, model_config)  # the memory plan, before the model loads
+    resume_dir = output_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     eval_set = evaluation.read_eval_set(args, len(tokenizer))
     distributed.init(args.ddp_timeout)
     if resume_dir is not None:  # every file as saved (checksums, the ranks sharing the work), or an older tag
@@ -126,22 +125,22 @@ def prepare(model_args, data_args, args) -> Run:
     torch.manual_seed(args.seed)  # the same new head on every rank
     engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
-    source = MicroBatchSource(sampler, scoring.make_encoder(tokenizer, data_args.max_len, contract), shard,
+    source = MicroBatchSource(sampler, make_encoder(tokenizer, data_args.max_len, contract), shard,
                               args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
                               with_teacher, engine.device)
-    return Run(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir, recorded,
-               eval_set)
+    return TrainingSetup(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir,
+                         recorded, eval_set)
 
 
-def training_info(model_args, data_args, args, run: Run) -> dict:
+def training_info(model_args, data_args, args, setup: TrainingSetup) -> dict:
     """What the exported model was trained with (written beside it as TRAINING_INFO)."""
     return {"base_model": model_args.model_name_or_path, "loss": args.loss,
             "train_group_size": data_args.train_group_size, "max_len": data_args.max_len,
-            "learning_rate": args.learning_rate, "total_steps": run.total_steps,
-            "zero_stage": ds_config.zero_stage(run.config), "bf16": args.bf16, "fp16": args.fp16,
-            "world_size": run.source.shard.world, "collaborative": args.collaborative,
+            "learning_rate": args.learning_rate, "total_steps": setup.total_steps,
+            "zero_stage": ds_config.zero_stage(setup.config), "bf16": args.bf16, "fp16": args.fp16,
+            "world_size": setup.source.shard.world, "collaborative": args.collaborative,
             "grad_cache_chunk_size": args.grad_cache_chunk_size,
-            "score_head": run.contract.score_head, "template": run.contract.template_name,
+            "score_head": setup.contract.score_head, "template": setup.contract.template_name,
             "lora_r": model_args.lora_r, "gradient_checkpointing": args.gradient_checkpointing}
 
 
@@ -149,31 +148,31 @@ class Checkpoints:
     """This run's checkpoints under <output_dir>/checkpoints: resume from one, save one with the training info (and,
     with evaluation, the best checkpoint's record), pick the one to export."""
 
-    def __init__(self, run: Run, data_args, args, info: dict, best: BestCheckpoint | None = None):
-        self.run, self.data_args, self.args, self.info, self.best = run, data_args, args, info, best
+    def __init__(self, setup: TrainingSetup, data_args, args, info: dict, best: BestCheckpoint | None = None):
+        self.setup, self.data_args, self.args, self.info, self.best = setup, data_args, args, info, best
         self.root = Path(args.output_dir) / "checkpoints"
 
     def resume(self) -> int:
         """The step to start from: the resumed checkpoint's (model, optimizer, schedule, RNG restored), or 0."""
-        resume_dir = self.run.resume_dir
+        resume_dir = self.setup.resume_dir
         if not resume_dir:
             return 0
-        step = store.load(self.run.engine, resume_dir)["step"]
+        step = store.load(self.setup.engine, resume_dir)["step"]
         log.info("resumed from %s at step %d", resume_dir, step)
         return step
 
     def save(self, step: int) -> Path:
-        client, info = {"step": step, **self.run.recorded}, {**self.info, "step": step}
+        client, info = {"step": step, **self.setup.recorded}, {**self.info, "step": step}
         if self.best is not None:
             client[CLIENT_KEY] = self.best.checkpointed(step)
             metrics = self.best.metrics_at(step)
             if metrics:  # the evaluation at this step, carried into the export's TRAINING_INFO
                 info["eval"] = metrics
-        engine = self.run.engine
-        return store.save(engine, self.root, step, client, engine.module.config, self.run.tokenizer,
+        engine = self.setup.engine
+        return store.save(engine, self.root, step, client, engine.module.config, self.setup.tokenizer,
                           self.args.save_total_limit,
                           hf_files={TRAINING_INFO: json.dumps(info, indent=1),
-                                    scoring.CONTRACT_FILE: self.run.contract.to_json(),
+                                    CONTRACT_FILE: self.setup.contract.to_json(),
                                     **lora.checkpoint_files(engine.module)},
                           protect=self.best.tag if self.best is not None else None)
 
@@ -212,9 +211,9 @@ def open_train_log(args, step: int, info: dict) -> TrainLog | None:
     """Rank 0's train_log.jsonl (kept up to a resumed step), with a wandb run when --report_to wandb."""
     if not distributed.is_main():
         return None
-    output_dir = Path(args.output_dir)
-    wandb_run = start_wandb(args, output_dir, {**asdict(args), **info}) if args.report_to == "wandb" else None
-    return TrainLog(output_dir / "train_log.jsonl", step, wandb_run)
+    out = Path(args.output_dir)
+    wandb_run = start_wandb(args, out, {**asdict(args), **info}) if args.report_to == "wandb" else None
+    return TrainLog(out / output_dir.TRAIN_LOG, step, wandb_run)
 
 
 def _before_update(on_reduced, progress: Progress, next_step: int, engine) -> None:
@@ -229,28 +228,28 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
     `on_reduced(engine)` (optional) sees each step's reduced gradients before the update. SIGUSR1/SIGTERM end
     the run after the current step with a checkpoint, and a result that says it was preempted.
     """
-    run = prepare(model_args, data_args, args)
-    engine, total_steps, accum = run.engine, run.total_steps, args.gradient_accumulation_steps
-    info = training_info(model_args, data_args, args, run)
-    evaluator = (evaluation.Evaluator(run.eval_set, run.source.encoder, args, total_steps, run.resume_dir)
-                 if run.eval_set is not None else None)
-    checkpoints = Checkpoints(run, data_args, args, info, evaluator.best if evaluator else None)
+    setup = prepare(model_args, data_args, args)
+    engine, total_steps, accum = setup.engine, setup.total_steps, args.gradient_accumulation_steps
+    info = training_info(model_args, data_args, args, setup)
+    evaluator = (evaluation.Evaluator(setup.eval_set, setup.source.encoder, args, total_steps, setup.resume_dir)
+                 if setup.eval_set is not None else None)
+    checkpoints = Checkpoints(setup, data_args, args, info, evaluator.best if evaluator else None)
     step = checkpoints.resume()
-    run_dir.clear_previous(args)
+    output_dir.clear_previous(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     train_log = open_train_log(args, step, info)
     loss_fn = losses.LOSSES[args.loss].fn
     preemption = Preemption()
     try:
-        progress = Progress(args, run.steps_per_epoch, total_steps, step, train_log,
-                            zero0=ds_config.zero_stage(run.config) == 0)
+        progress = Progress(args, setup.steps_per_epoch, total_steps, step, train_log,
+                            zero0=ds_config.zero_stage(setup.config) == 0)
         nonfinite = NonFiniteSteps(args.max_nonfinite_steps)
         while step < total_steps:
-            epoch, first_micro = divmod(step * accum, run.steps_per_epoch * accum)
+            epoch, first_micro = divmod(step * accum, setup.steps_per_epoch * accum)
             step_finite = True
             with ReductionScope(engine, accum, partial(_before_update, on_reduced, progress, step + 1)) as scope:
                 for index in range(first_micro, first_micro + accum):
-                    micro = next_micro_batch(run.source, epoch, index)
+                    micro = next_micro_batch(setup.source, epoch, index)
                     result = micro_batch_step(engine, micro, loss_fn, scope.backward, temperature=args.temperature)
                     if not result.finite:
                         step_finite = False
@@ -280,21 +279,3 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
         return TrainResult(engine, step)
     finally:
         preemption.restore()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`bigrerank train`: 0 when done, 75 (PREEMPTED_EXIT_CODE) when a preemption signal stopped it."""
-    from ..arguments import parse
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, args = parse(argv)
-    try:
-        result = train(model_args, data_args, args)
-    except BaseException:
-        distributed.teardown(wait_for_others=False)
-        raise
-    distributed.teardown()
-    if result.preempted:
-        log.warning("exiting with %d for a requeue", PREEMPTED_EXIT_CODE)
-        return PREEMPTED_EXIT_CODE
-    return 0

@@ -1,14 +1,25 @@
-"""Command-line arguments of training, as dataclasses for `transformers.HfArgumentParser`.
+"""`bigrerank train`: train a reranker on a DeepSpeed engine and export it into --output_dir.
 
-Names follow Hugging Face `TrainingArguments` wherever the meaning is the same.
+    python -m bigrerank.launch --model_name_or_path DIR --train_path data.jsonl --output_dir out \
+        --ds_config ds_configs/zero2.json [--grad_cache_chunk_size K] [--collaborative] ...
+
+The three argument dataclasses are the training settings (training/trainer.py reads them); their names follow
+Hugging Face `TrainingArguments` wherever the meaning is the same.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .command_line import CommandParser, at_least
-from .data.collection import RUN_FORMATS
+from .. import distributed
+from ..data.collection import RUN_FORMATS
+from ..errors import UsageError
+from ..evaluation.metrics import parse_metrics
+from ..training.evaluation import eval_source
+from ..training.preemption import PREEMPTED_EXIT_CODE
+from ..training.trainer import train
+from .parser import CommandParser, at_least
 
 LOSSES = ("lce", "distill", "bce")
 REPORT_TO = ("wandb", "none")
@@ -40,17 +51,17 @@ class ModelArguments:
                 "AutoModelForCausalLM, has none) instead of the merged model."})
 
     def __post_init__(self):
-        from .errors import InputError
-
         at_least(self, ["head_init_std"], 0.0, inclusive=False)
         if self.lora_r < 0:
-            raise InputError("--lora_r", f"must be >= 0, got {self.lora_r}")
+            raise UsageError(f"--lora_r: must be >= 0, got {self.lora_r}")
         if self.lora_r and self.lora_alpha <= 0:
-            raise InputError("--lora_alpha", f"must be > 0, got {self.lora_alpha}")
+            raise UsageError(f"--lora_alpha: must be > 0, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise InputError("--lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+            raise UsageError(f"--lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if self.adapter_only and not self.lora_r:
-            raise InputError("--adapter_only", "needs --lora_r > 0 (a full fine-tune has no adapter)")
+            raise UsageError("--adapter_only: needs --lora_r > 0 (a full fine-tune has no adapter)")
+        if self.lora_target_modules and not self.lora_r:
+            raise UsageError("--lora_target_modules: needs --lora_r > 0 (0 means full fine-tuning)")
 
 
 @dataclass
@@ -147,11 +158,11 @@ class TrainingArguments:
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be lce, distill or bce, got '{self.loss}'")
+            raise UsageError(f"--loss must be lce, distill or bce, got '{self.loss}'")
         if self.report_to not in REPORT_TO:
-            raise ValueError(f"--report_to must be wandb or none, got '{self.report_to}'")
+            raise UsageError(f"--report_to must be wandb or none, got '{self.report_to}'")
         if self.bf16 and self.fp16:
-            raise ValueError("--bf16 and --fp16 are exclusive")
+            raise UsageError("--bf16 and --fp16 are exclusive")
         at_least(self, ["per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
                          "save_total_limit", "max_nonfinite_steps", "ddp_timeout"], 1)
         at_least(self, ["learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_ratio",
@@ -159,42 +170,50 @@ class TrainingArguments:
         at_least(self, ["temperature"], 0.0, inclusive=False)
         for name in ("adam_beta1", "adam_beta2", "warmup_ratio"):
             if getattr(self, name) > 1:
-                raise ValueError(f"--{name} must be at most 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be at most 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
-            raise ValueError(f"--num_train_epochs must be above 0 (or give --max_steps), got {self.num_train_epochs}")
+            raise UsageError(f"--num_train_epochs must be above 0 (or give --max_steps), got {self.num_train_epochs}")
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
         check_evaluation(self)
 
 
 def check_evaluation(args: TrainingArguments) -> None:
-    """The evaluation flags go together: one candidate form with its qrels, a known metric, save steps that land on
-    evaluations when the best model is exported."""
-    from .evaluation.evaluate import parse_metrics
-
-    if args.eval_path is not None and args.eval_run is not None:
-        raise ValueError("give --eval_path or --eval_run, not both")
-    if args.eval_ids is not None and args.eval_path is None:
-        raise ValueError("--eval_ids goes with --eval_path")
-    if args.eval_run is None and (any(v is not None for v in (args.eval_queries, args.eval_corpus, args.eval_depth))
-                                  or args.eval_run_format != "auto"):
-        raise ValueError("--eval_queries, --eval_corpus, --eval_depth and --eval_run_format go with --eval_run")
-    if args.eval_run is not None and (args.eval_queries is None or args.eval_corpus is None):
-        raise ValueError("--eval_run needs --eval_queries and --eval_corpus")
-    candidates = args.eval_path is not None or args.eval_run is not None
-    if candidates != (args.eval_qrels is not None):
-        raise ValueError("--eval_qrels and the eval candidates (--eval_path or --eval_run) go together")
-    if args.load_best_model_at_end and not candidates:
-        raise ValueError("--load_best_model_at_end needs evaluation: --eval_qrels with --eval_path or --eval_run")
-    at_least(args, ["eval_steps", "eval_depth", "per_device_eval_batch_size"], 1)
+    """The evaluation flags go together: one candidate source with its qrels, a known metric, save steps that land
+    on evaluations when the best model is exported."""
+    source = eval_source(args)
+    problem = source.problem(required=False)
+    if problem:
+        raise UsageError(problem)
+    if source.given != (args.eval_qrels is not None):
+        raise UsageError("--eval_qrels and the eval candidates (--eval_path or --eval_run) go together")
+    if args.load_best_model_at_end and not source.given:
+        raise UsageError("--load_best_model_at_end needs evaluation: --eval_qrels with --eval_path or --eval_run")
+    at_least(args, ["eval_steps", "per_device_eval_batch_size"], 1)
     try:
         parse_metrics([args.metric_for_best_model])
     except ValueError as e:
-        raise ValueError(f"--metric_for_best_model: {e}") from None
+        raise UsageError(f"--metric_for_best_model: {e}") from None
     if args.load_best_model_at_end and args.save_steps % args.eval_steps:
-        raise ValueError(f"--load_best_model_at_end needs --save_steps to be a round multiple of --eval_steps, "
+        raise UsageError(f"--load_best_model_at_end needs --save_steps to be a round multiple of --eval_steps, "
                          f"got {args.save_steps} and {args.eval_steps}")
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     return CommandParser((ModelArguments, DataArguments, TrainingArguments), "train").parse(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 when done, 75 (PREEMPTED_EXIT_CODE) when a preemption signal stopped it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, args = parse(argv)
+    try:
+        result = train(model_args, data_args, args)
+    except BaseException:
+        distributed.teardown(wait_for_others=False)
+        raise
+    distributed.teardown()
+    if result.preempted:
+        logging.getLogger("bigrerank.train").warning("exiting with %d for a requeue", PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
+    return 0

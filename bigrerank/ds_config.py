@@ -1,4 +1,4 @@
-"""DeepSpeed config: load a JSON file and fill its "auto" values from the command line.
+"""DeepSpeed config: the packaged configs, loading a JSON file and filling its "auto" values from the training flags.
 
 As in Hugging Face's DeepSpeed integration, every value a user normally sets on the command line may
 be "auto" in the file; an explicit value that contradicts the command line is an error naming both.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from .errors import InputError
 
-
-PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"  # shipped as package data
+# shipped as package data; the repository's ds_configs links here
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 
 
 def locate(path) -> Path:
@@ -106,8 +106,8 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def resolve(config: dict, args, world_size: int, total_steps: int, hidden_size: int | None = None,
-            path: str = "ds_config") -> dict:
+def fill_auto(config: dict, args, world_size: int, total_steps: int, hidden_size: int | None = None,
+              path: str = "ds_config") -> dict:
     """A copy of `config` with every "auto" filled in; explicit values must agree with the arguments."""
     config = copy.deepcopy(config)
     config.setdefault("train_micro_batch_size_per_gpu", "auto")

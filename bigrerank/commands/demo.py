@@ -1,7 +1,7 @@
 """`bigrerank demo`: the whole job end to end on the bundled default data, in minutes on a CPU.
 
 default data (stdlib docstrings -> code) -> BM25 first stage -> hard-negative training groups ->
-train the MiniLM-L6 cross-encoder with DeepSpeed ZeRO-2 (`launch/train.py`, a subprocess) ->
+train the MiniLM-L6 cross-encoder with DeepSpeed ZeRO-2 (`python -m bigrerank.launch`, a subprocess) ->
 rerank the held-out test queries' BM25 top K -> nDCG@10 / RR@10 / R@100 of BM25 and of the reranker.
 
 Every stage prints the `bigrerank` command that does the same by hand; all outputs stay under --out.
@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_file
-from . import cli
-from .command_line import CommandParser, at_least
-from .data.collection import read_qrels, read_run
-from .data.default_data import write_default_data
-from .errors import InputError
+from ..atomic import atomic_file
+from ..data.collection import read_qrels, read_run
+from ..data.default_data import write_default_data
+from ..ds_config import PACKAGED_CONFIGS
+from ..errors import InputError
+from . import prepare, rerank, retrieve
+from .parser import CommandParser, at_least
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("nDCG@10", "RR@10", "R@100")
 
 
@@ -82,21 +82,17 @@ def banner(title: str, command: list[str] | None = None) -> float:
     return time.perf_counter()
 
 
-def run_command(name: str, argv: list[str]) -> None:
-    """Run a `bigrerank <name>` subcommand in this process; a non-zero exit stops the demo."""
-    code = cli.main([name, *argv])
+def run_command(name: str, command, argv: list[str]) -> None:
+    """Run a `bigrerank <name>` subcommand (its module, `command`) in this process; a non-zero exit stops the demo."""
+    code = command.main(argv)
     if code:
         raise SystemExit(f"bigrerank demo: `bigrerank {name}` failed with exit code {code}")
 
 
 def train_command(recipe: Recipe, model: str, train_path: Path, model_dir: Path) -> list[str]:
-    """`python launch/train.py …` with the recipe; ZeRO-2, fp32 (no bf16 on a CPU demo)."""
-    launcher, ds_config = REPO_ROOT / "launch" / "train.py", REPO_ROOT / "ds_configs" / "zero2.json"
-    for needed in (launcher, ds_config):
-        if not needed.is_file():
-            raise SystemExit(f"bigrerank demo: {needed} not found; run the demo from a bigrerank source checkout")
-    return [sys.executable, str(launcher), "--model_name_or_path", model, "--train_path", str(train_path),
-            "--output_dir", str(model_dir), "--ds_config", str(ds_config),
+    """`python -m bigrerank.launch …` with the recipe; ZeRO-2 (the packaged config), fp32 (no bf16 on a CPU demo)."""
+    return [sys.executable, "-m", "bigrerank.launch", "--model_name_or_path", model, "--train_path", str(train_path),
+            "--output_dir", str(model_dir), "--ds_config", str(PACKAGED_CONFIGS / "zero2.json"),
             "--train_group_size", str(recipe.group_size), "--max_len", str(recipe.max_len),
             "--per_device_train_batch_size", str(recipe.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(recipe.learning_rate), "--warmup_ratio", str(recipe.warmup_ratio),
@@ -146,14 +142,12 @@ def last_log_row(model_dir: Path) -> dict:
 
 
 def run_demo(args: DemoArguments) -> dict:
-    from .evaluation.evaluate import evaluate
-    from .retrieval import write_trec
+    from ..evaluation.metrics import evaluate
+    from ..retrieval import write_trec
 
     recipe = QUICK if args.quick else FULL
     recipe = Recipe(**{**recipe.__dict__, **{k: v for k, v in (("steps", args.steps), ("rerank_depth", args.rerank_depth))
                                              if v is not None}})
-    if recipe.steps < 1 or recipe.rerank_depth < 1:
-        raise SystemExit("bigrerank demo: --steps and --rerank_depth must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = args.model or default_backbone()
     out = Path(args.output)
@@ -173,7 +167,7 @@ def run_demo(args: DemoArguments) -> dict:
         argv = ["--corpus", str(corpus), "--queries", str(queries), "--output", str(runs / f"bm25.{split}.trec"),
                 "--depth", "100", "--split_qrels", str(data / "qrels" / f"{split}.tsv")]
         banner(f"2/6 BM25 first stage ({split} queries)", ["bigrerank", "retrieve", *argv])
-        run_command("retrieve", argv)
+        run_command("retrieve", retrieve, argv)
     timings["retrieve"] = time.perf_counter() - t
 
     train_path = out / "train.jsonl"
@@ -181,7 +175,7 @@ def run_demo(args: DemoArguments) -> dict:
             "--run", str(runs / "bm25.train.trec"), "--output", str(train_path), "--depth", "100",
             "--negatives", str(recipe.negatives)]
     t = banner("3/6 hard-negative training groups from the BM25 top 100", ["bigrerank", "prepare", *argv])
-    run_command("prepare", argv)
+    run_command("prepare", prepare, argv)
     timings["prepare"] = time.perf_counter() - t
 
     command = train_command(recipe, model, train_path, model_dir)
@@ -194,7 +188,7 @@ def run_demo(args: DemoArguments) -> dict:
     scores = runs / "reranker.test.scores.tsv"
     argv = rerank_argv(recipe, out, model_dir, scores)
     t = banner(f"5/6 rerank the test queries' BM25 top {recipe.rerank_depth}", ["bigrerank", "rerank", *argv])
-    run_command("rerank", argv)
+    run_command("rerank", rerank, argv)
     timings["rerank"] = time.perf_counter() - t
 
     t = banner("6/6 evaluate on the held-out test queries")
@@ -225,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bigrerank demo: error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,10 @@ import sys
 from dataclasses import dataclass, field
 
 from ..atomic import atomic_file
-from ..command_line import CommandParser
 from ..data.collection import RUN_FORMATS, read_run_announced
 from ..data.runs import FORMATS, run_lines
-from ..outputs import check_output
+from .outputs import check_output
+from .parser import CommandParser, one_word
 
 
 @dataclass
@@ -26,8 +26,7 @@ class ConvertArguments:
         "help": "format of the input (auto: detected, and said; an ambiguous file needs it)", "choices": RUN_FORMATS})
 
     def __post_init__(self):
-        if not self.run_name or len(self.run_name.split()) != 1 or self.run_name != self.run_name.strip():
-            raise ValueError(f"--run_name must be one word without whitespace, got {self.run_name!r}")
+        one_word(self, "run_name")
 
 
 def parse_arguments(argv: list[str] | None) -> ConvertArguments:

@@ -1,18 +1,21 @@
-"""The two rerank input forms, read into one list of candidate pairs, and their encoding.
+"""Candidate pairs to score, from one of two sources, read into one list, and their encoding.
 
 (a) pairs: JSON lines `{"qid", "pid", "qry", "psg"}` (the original Reranker's inference format), `qry`/`psg`
     either token ids without special tokens or text, optionally with its `qid<TAB>pid` ids file;
 (b) a first-stage run (TREC, MS MARCO or score tsv) plus queries and corpus (BEIR jsonl or tsv): each query's
     top `depth` documents.
+
+`CandidateSource` is the one declaration of that input: `bigrerank rerank` (--input, --run …) and evaluation while
+training (--eval_path, --eval_run …) map their flags onto it, and it checks and reads them the same way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..data.collection import (first_row, iter_jsonl, iter_lines, passage_text, read_corpus, read_queries,
-                               read_run_announced,
-                               require_str, require_token_ids)
 from ..errors import InputError
+from .collection import (first_row, iter_jsonl, iter_lines, passage_text, read_corpus, read_queries,
+                         read_run_announced, require_str, require_token_ids)
 
 Content = str | list[int]  # text, or token ids without special tokens
 
@@ -25,6 +28,68 @@ class Candidate:
     pid: str
     query: Content
     passage: Content
+
+
+FIELDS = ("pairs", "ids", "run", "queries", "corpus", "depth", "run_format")
+
+
+@dataclass(frozen=True)
+class CandidateSource:
+    """Where candidates come from: `pairs` (+ `ids`), or `run` + `queries` + `corpus` (+ `depth`, `run_format`).
+
+    `flags` spells each field as the command takes it ({"pairs": "--input", …}), for its messages.
+    """
+
+    pairs: str | None = None
+    ids: str | None = None
+    run: str | None = None
+    queries: str | None = None
+    corpus: str | None = None
+    depth: int | None = None
+    run_format: str = "auto"
+    flags: dict = field(default_factory=lambda: {name: f"--{name}" for name in FIELDS}, compare=False)
+
+    @property
+    def given(self) -> bool:
+        return self.pairs is not None or self.run is not None
+
+    def problem(self, required: bool) -> str | None:
+        """What is wrong with the combination of fields given (None: nothing); `required`: a source must be given."""
+        f = self.flags
+        if self.pairs is not None and self.run is not None:
+            return f"give {f['pairs']} or {f['run']}, not both"
+        if required and not self.given:
+            return (f"give exactly one input: {f['pairs']} PAIRS.jsonl, or {f['run']} RUN {f['queries']} Q "
+                    f"{f['corpus']} C")
+        if self.ids is not None and self.pairs is None:
+            return f"{f['ids']} goes with {f['pairs']}"
+        if self.run is None and (any(v is not None for v in (self.queries, self.corpus, self.depth))
+                                 or self.run_format != "auto"):
+            return f"{f['queries']}, {f['corpus']}, {f['depth']} and {f['run_format']} go with {f['run']}"
+        if self.run is not None and (self.queries is None or self.corpus is None):
+            return f"{f['run']} needs {f['queries']} and {f['corpus']}"
+        if self.depth is not None and self.depth < 1:
+            return f"{f['depth']} must be at least 1, got {self.depth}"
+        return None
+
+    def paths(self) -> list[str]:
+        """The files given."""
+        return [path for path in (self.pairs, self.ids, self.run, self.queries, self.corpus) if path is not None]
+
+    def check_files(self) -> None:
+        """InputError naming the flag of the first file given that does not exist."""
+        for name in ("pairs", "ids", "run", "queries", "corpus"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise InputError(path, f"{self.flags[name]}: no such file")
+
+    def read(self, vocab_size: int) -> list[Candidate]:
+        """The candidates (pairs grouped by query); a missing file is an InputError naming its flag."""
+        self.check_files()
+        if self.pairs is not None:
+            return read_pair_candidates(self.pairs, vocab_size, self.ids, self.flags["ids"])
+        return read_run_candidates(self.run, self.queries, self.corpus, self.depth, self.run_format,
+                                   self.flags["run_format"])
 
 
 def group_by_query(candidates: list[Candidate]) -> list[Candidate]:

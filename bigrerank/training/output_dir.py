@@ -1,5 +1,5 @@
-"""The output directory of a training run: its mistakes found before any model loads, and a previous run's
-outputs never silently mixed with, or lost to, a new run.
+"""The output directory of training: its mistakes found before any model loads, and a previous run's outputs
+never silently mixed with, or lost to, a new run.
 
 - A fresh run refuses an `--output_dir` holding a previous run's outputs (`checkpoints/`, `train_log.jsonl`,
   an exported model), as Hugging Face's Trainer does, unless `--overwrite_output_dir`: then exactly those are
@@ -56,7 +56,7 @@ def check(data_args, args, model_config, model_path: str) -> Path | None:
     output_dir = Path(args.output_dir)
     check_writable(output_dir)
     root = output_dir / CHECKPOINTS
-    resume = store.resolve(root, args.resume_from_checkpoint)
+    resume = store.resume_point(root, args.resume_from_checkpoint)
     if args.resume_from_checkpoint == "latest" and resume is None:
         log.warning("--resume_from_checkpoint latest: no complete checkpoint in %s, starting a fresh run", root)
     continues_own = resume is not None and root.resolve() in resume.resolve().parents

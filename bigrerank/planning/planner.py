@@ -1,72 +1,34 @@
-"""`bigrerank plan`: a training command line's memory per rank and per node, a verdict and the cheapest fix.
+"""The planner: a training configuration's memory per rank and per node, its verdict, the cheapest change that fits
+and the largest group, as a report; `bigrerank plan` prints it, and training checks it before its model loads
+(`check_training`).
 
-    bigrerank plan --model DIR_OR_CONFIG_JSON --ds_config ds_configs/zero3.json --nodes 2 --gpus_per_node 8 \
-        --gpu_memory 80GiB --host_memory 1TiB --train_group_size 64 --grad_cache_chunk_size 8 ... [--json]
-
-It reads the training flags (the same dataclasses; --train_path and --output_dir may be left out) plus the
-hardware ones below. Training runs the same planner before its model loads (`check_training`).
+A configuration is the training settings (the `train` command's dataclasses) on some `Hardware`; a change is a dict
+of training flags {name: value} (advice.py).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
+from .. import ds_config
 from ..errors import InputError
+from ..model import load_config
 from . import advice
 from .estimate import Hardware, Plan, Setup, alive_pairs, estimate
-from .shape import model_shape, read_config
-from .sizes import format_size, parse_size
+from .shape import model_shape
+from .sizes import format_size
 
 log = logging.getLogger("bigrerank.plan")
-SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
-HARDWARE_FLAGS = ("nodes", "gpus_per_node", "cpu_processes_per_node", "gpu_memory", "host_memory", "json")
-
-
-@dataclass
-class PlanArguments:
-    nodes: int = field(default=1, metadata={"help": "Nodes of the run."})
-    gpus_per_node: Optional[int] = field(default=None, metadata={
-        "help": "GPUs (ranks) per node; 0 = CPU-only, everything in host memory (default: this machine's)."})
-    cpu_processes_per_node: int = field(default=1, metadata={"help": "Ranks per node of a CPU-only run."})
-    gpu_memory: Optional[str] = field(default=None, metadata={"help": "Memory of one GPU, e.g. 80GiB "
-                                                              "(default: this machine's GPU)."})
-    host_memory: Optional[str] = field(default=None, metadata={"help": "Memory of one node, e.g. 1TiB "
-                                                               "(default: this machine's)."})
-    json: bool = field(default=False, metadata={"help": "Print the plan as one JSON object."})
 
 
 def machine_memory() -> int:
     import psutil
 
     return psutil.virtual_memory().total
-
-
-def hardware_from(plan_args: PlanArguments) -> Hardware:
-    import torch
-
-    if plan_args.nodes < 1 or plan_args.cpu_processes_per_node < 1:
-        raise InputError("--nodes/--cpu_processes_per_node", "must be >= 1")
-    gpus = torch.cuda.device_count() if plan_args.gpus_per_node is None else plan_args.gpus_per_node
-    if gpus < 0:
-        raise InputError("--gpus_per_node", f"must be >= 0, got {gpus}")
-    gpu_memory = None
-    if gpus:
-        if plan_args.gpu_memory is not None:
-            gpu_memory = parse_size(plan_args.gpu_memory, "--gpu_memory")
-        elif torch.cuda.is_available():
-            gpu_memory = torch.cuda.get_device_properties(0).total_memory
-        else:
-            raise InputError("--gpu_memory", "needed with --gpus_per_node > 0 when no GPU is visible here")
-    host = parse_size(plan_args.host_memory, "--host_memory") if plan_args.host_memory else machine_memory()
-    return Hardware(plan_args.nodes, gpus, plan_args.cpu_processes_per_node, gpu_memory, host)
 
 
 class Planner:
@@ -76,7 +38,7 @@ class Planner:
                  score_head: str | None = None):
         self.model_args, self.data_args, self.args, self.hardware = model_args, data_args, args, hardware
         self.raw_ds_config = raw_ds_config
-        self.config = config if config is not None else read_config(model_args.model_name_or_path)
+        self.config = config if config is not None else load_config(model_args.model_name_or_path)
         self.score_head = score_head or getattr(model_args, "score_head", None) or "classifier"
         self._shapes: dict = {}
 
@@ -87,20 +49,17 @@ class Planner:
         return self._shapes[key]
 
     def _ds_config(self, choice, args) -> tuple[dict, str]:
-        """(raw config, path): the given one, or for ("zero", stage, offload) the shipped one of that kind."""
-        from ..training import ds_config
-
+        """(raw config, path): the given one, or for ("zero", stage, offload) the one of that kind beside it, else
+        the packaged one."""
         if choice is None:
             return self.raw_ds_config, args.ds_config
         _, stage, offload = choice
         name = f"zero{stage}{'_offload' if offload else ''}.json"
         beside = Path(args.ds_config).parent / name
-        path = beside if beside.is_file() else SHIPPED_CONFIGS / name
+        path = beside if beside.is_file() else ds_config.PACKAGED_CONFIGS / name
         return ds_config.load(path), str(path)
 
     def setup(self, changes: dict | None = None) -> tuple[Setup, dict]:
-        from ..training import ds_config
-
         changes = dict(changes or {})
         raw, path = self._ds_config(changes.pop("ds_config", None), self.args)
         model_args, data_args, args = (dataclasses.replace(a) for a in (self.model_args, self.data_args, self.args))
@@ -110,7 +69,7 @@ class Planner:
         # fp16 is refused on a CPU by the config check; the plan may be for GPUs elsewhere: resolve as bf16
         resolving = dataclasses.replace(args, fp16=False, bf16=args.bf16 or args.fp16)
         steps = args.max_steps if args.max_steps > 0 else 1
-        resolved = ds_config.resolve(raw, resolving, self.hardware.world, steps, shape.hidden, path=path)
+        resolved = ds_config.fill_auto(raw, resolving, self.hardware.world, steps, shape.hidden, path=path)
         setup = Setup(shape, resolved, data_args.train_group_size, data_args.max_len,
                       args.per_device_train_batch_size, args.grad_cache_chunk_size, args.collaborative,
                       args.gradient_checkpointing, args.bf16 or args.fp16)
@@ -134,10 +93,10 @@ class Planner:
         return plan, change, advice.largest_group(self.plan)
 
 
-def command_line(argv: list[str], changes: dict, planner: Planner) -> str:
-    """`bigrerank train …` with `changes` applied to the training flags of `argv` (hardware flags dropped)."""
+def suggested_command(argv: list[str], changes: dict, planner: Planner, drop=()) -> str:
+    """`bigrerank train …` with `changes` applied to the training flags of `argv`, the flags `drop` left out."""
     out, skip = [], False
-    names = {f"--{name}" for name in HARDWARE_FLAGS}
+    names = {f"--{name}" for name in drop}
     resolved = dict(changes)
     if "ds_config" in resolved:
         resolved["ds_config"] = planner.setup({"ds_config": resolved["ds_config"]})[1]["ds_config"]
@@ -182,37 +141,6 @@ def render(plan: Plan, hardware: Hardware, suggestion: str | None, max_group: in
     return "\n".join(parts)
 
 
-def parse(argv: list[str]):
-    """The training dataclasses and PlanArguments from one argument list; --train_path/--output_dir optional."""
-    from transformers import HfArgumentParser
-
-    from ..arguments import DataArguments, ModelArguments, TrainingArguments
-
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PlanArguments))
-    for action in parser._actions:  # a plan needs no data and writes nothing
-        if action.dest in ("train_path", "output_dir"):
-            action.required, action.default = False, ""
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..training import ds_config
-
-    argv = list(argv or [])
-    model_args, data_args, args, plan_args = parse(argv)
-    hardware = hardware_from(plan_args)
-    # DeepSpeed logs to stdout (its accelerator notice on import): with --json, stdout carries the JSON alone
-    with contextlib.redirect_stdout(sys.stderr if plan_args.json else sys.stdout):
-        planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))
-        plan, change, max_group = planner.verdict()
-    suggestion = command_line(argv, change, planner) if change is not None else None
-    if plan_args.json:
-        print(json.dumps(plan_json(plan, suggestion, max_group)))
-    else:
-        print(render(plan, hardware, suggestion, max_group))
-    return 0
-
-
 def training_hardware() -> Hardware:
     """This run's hardware, from the launcher's environment and the machine (before any process group)."""
     import torch
@@ -236,7 +164,7 @@ def check_training(model_args, data_args, args, raw_ds_config: dict, model_confi
         return
     _, change, max_group = planner.verdict()
     argv = ["--model_name_or_path", model_args.model_name_or_path, "--ds_config", args.ds_config]
-    suggestion = command_line(argv, change, planner) + " ..." if change else None
+    suggestion = suggested_command(argv, change, planner) + " ..." if change else None
     raise InputError("memory plan", "the predicted peak exceeds this machine's memory; pass "
                      "--ignore_memory_plan to run anyway. " + render(plan, hardware, suggestion, max_group)
                      .replace("\n", "; "))

@@ -1,0 +1,1 @@
+"""The `bigrerank` subcommands: one module each, holding its argument dataclasses, their validation and `main(argv)`."""
