@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import distributed
+from .. import distributed, hardware
 from ..checkpoints.consolidate import TRAINING_INFO
 from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     check_paths(args)
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
     rank, world, device, started = start_ranks()
+    warning = hardware.bf16_warning() if args.bf16 and rank == 0 and device.type == "cpu" else None
+    if warning:
+        print(f"bigrerank rerank: warning: {warning}", file=sys.stderr)
     finished = False
     try:
         reranker = open_reranker(args.model, max_len=scoring_max_len(args), device=device, precision=args.precision,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, ds_config, lora, losses
+from .. import distributed, ds_config, hardware, lora, losses
 from ..checkpoints import store
 from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
@@ -96,6 +96,14 @@ class TrainResult:
     preempted: bool = False
 
 
+def warn_slow_bf16(args) -> None:
+    """On a CPU that emulates bf16, rank 0 says so before training in it (hardware.py)."""
+    if args.bf16 and distributed.rank() == 0 and not torch.cuda.is_available():
+        warning = hardware.bf16_warning()
+        if warning:
+            log.warning(warning)
+
+
 def prepare(model_args, data_args, args) -> TrainingSetup:
     """Validate the inputs, start the ranks, load the data (once per machine) and build the engine."""
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
@@ -111,6 +119,7 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     resume_dir = output_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     eval_set = evaluation.read_eval_set(args, len(tokenizer))
     distributed.init(args.ddp_timeout)
+    warn_slow_bf16(args)
     if resume_dir is not None:  # every file as saved (checksums, the ranks sharing the work), or an older tag
         resume_dir = store.trusted(resume_dir, fall_back=args.resume_from_checkpoint == "latest")
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
