@@ -119,22 +119,24 @@ def _refused(capsys, monkeypatch, run, *fragments) -> None:
     assert len(err) == 1 and all(f in err[0] for f in fragments), err
 
 
-def test_another_topology_that_changes_the_queries_per_step_is_refused_with_the_fix(tmp_path, capsys, monkeypatch):
+def _resume_refused(tmp_path, capsys, monkeypatch, saved, resumed, *fragments) -> None:
+    """3 steps on `saved` (world, config, batch, accumulation), then a resume on `resumed`: refused, naming
+    `fragments`."""
     model, train = tiny_model_dir(tmp_path / "model"), write_groups(tmp_path / "groups.jsonl", queries=16)
     out = tmp_path / "out"
-    assert cli.main(["train", *_argv(model, train, out, (1, "zero2", 4, 1), "--max_steps", "3")]) == 0
+    assert cli.main(["train", *_argv(model, train, out, saved, "--max_steps", "3")]) == 0
     _refused(capsys, monkeypatch, lambda: cli.main(["train", *_argv(
-        model, train, out, (1, "zero2", 2, 1), "--max_steps", "3", "--resume_from_checkpoint", "latest")]),
-        "keeps the queries per optimizer step", "took 4", "this one 2", "--gradient_accumulation_steps 2")
+        model, train, out, resumed, "--max_steps", "3", "--resume_from_checkpoint", "latest")]), *fragments)
+
+
+def test_another_topology_that_changes_the_queries_per_step_is_refused_with_the_fix(tmp_path, capsys, monkeypatch):
+    _resume_refused(tmp_path, capsys, monkeypatch, (1, "zero2", 4, 1), (1, "zero2", 2, 1),
+                    "keeps the queries per optimizer step", "took 4", "this one 2", "--gradient_accumulation_steps 2")
 
 
 def test_a_zero0_checkpoint_is_not_resumed_on_another_stage(tmp_path, capsys, monkeypatch):
-    model, train = tiny_model_dir(tmp_path / "model"), write_groups(tmp_path / "groups.jsonl", queries=16)
-    out = tmp_path / "out"
-    assert cli.main(["train", *_argv(model, train, out, (1, "zero0", 2, 1), "--max_steps", "3")]) == 0
-    _refused(capsys, monkeypatch, lambda: cli.main(["train", *_argv(
-        model, train, out, (1, "zero2", 2, 1), "--max_steps", "3", "--resume_from_checkpoint", "latest")]),
-        "at ZeRO-2 on 1 rank(s)", "converts ZeRO 1-3 checkpoints only")
+    _resume_refused(tmp_path, capsys, monkeypatch, (1, "zero0", 2, 1), (1, "zero2", 2, 1),
+                    "at ZeRO-2 on 1 rank(s)", "converts ZeRO 1-3 checkpoints only")
 
 
 def test_rotation_deletes_a_tag_s_universal_conversion_with_it(tmp_path):
