@@ -1,0 +1,116 @@
+"""Padding-free packed pairs: packing itself, packed scores equal padded ones, the start-up self-check, and the
+exactness matrix with packing on (and with token-budget gradient-cache chunks) against the plain reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers.masking_utils
+
+from bigrerank.contract import make_encoder, resolve_contract
+from bigrerank.data.packing import first_fit_decreasing, pack
+from bigrerank.errors import InputError
+from bigrerank.model import check_packing, load_config, load_reranker, load_tokenizer, pair_scores
+from tests.tiny import tiny_model_dir
+from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
+from tests.tiny_decoder import tiny_decoder_dir
+
+QUERIES = ["what is python", "weather in new york", "cold", "0123 what code", "the new code",
+           "what is the weather in new york today and is it cold or is it not cold"]
+PASSAGES = ["python code is what it is", "it is cold today in new york, the weather says",
+            "abcdefghijklmnopqrstuvwxyz", "today", "new",
+            "the weather in new york is cold today " * 8]  # cut at max_len
+MAX_LEN = {"classifier": 48, "yes_no": 160}  # the prompt template takes 111 tokens of its own
+
+
+def test_first_fit_decreasing_fills_rows_longest_first():
+    assert first_fit_decreasing([5, 3, 8, 2, 4], 10) == [[2, 3], [0, 4], [1]]
+    assert first_fit_decreasing([12, 1], 10) == [[0], [1]]  # an item over the capacity gets a row alone
+
+
+def test_pack_places_every_pair_with_restarting_positions():
+    pairs = [([7, 8, 9], [0, 0, 1]), ([4, 5], [0, 1]), ([1, 2, 3, 4], [0, 0, 1, 1])]
+    batch = pack(pairs, pack_len=6, pad_id=0, use_token_types=True)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 4, 5], [7, 8, 9, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]  # the tail: a segment too
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 0, 0, 0]]
+    flat_ids, flat_types = batch["input_ids"].flatten(), batch["token_type_ids"].flatten()
+    for (ids, types), start, length in zip(pairs, batch["pair_starts"], batch["pair_lengths"]):
+        assert flat_ids[start:start + length].tolist() == ids and flat_types[start:start + length].tolist() == types
+    assert "attention_mask" not in batch
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("packing")
+    dirs = {"bert": tiny_model_dir(tmp / "bert", init_range=0.2)}
+    for arch in ("qwen3", "llama"):
+        dirs[f"{arch}-classifier"] = tiny_decoder_reranker_dir(tmp / f"{arch}-classifier", arch)
+        dirs[f"{arch}-yes_no"] = tiny_decoder_dir(tmp / f"{arch}-yes_no", arch, init_range=0.2)
+    return dirs
+
+
+def _model_and_encoder(model_dir, head=None, factor=None):
+    """The model (eval mode) and its pair encoder, packing into rows of `factor` x max_len when given."""
+    model_dir, max_len = str(model_dir), MAX_LEN[head or "classifier"]
+    config = load_config(model_dir)
+    tokenizer = load_tokenizer(model_dir, config)
+    contract = resolve_contract(model_dir, config, tokenizer, head, max_len=max_len)
+    encoder = make_encoder(tokenizer, max_len, contract, factor and factor * max_len)
+    torch.manual_seed(0)
+    return load_reranker(model_dir, contract=contract).eval(), encoder
+
+
+CASES = [("bert", None), ("qwen3-classifier", "classifier"), ("llama-classifier", "classifier"),
+         ("qwen3-yes_no", "yes_no"), ("llama-yes_no", "yes_no")]
+
+
+@pytest.mark.parametrize("name,head", CASES)
+@pytest.mark.parametrize("factor", [2, 4])
+def test_packed_scores_equal_padded(models, name, head, factor):
+    """fp32, mixed lengths, one pair cut at max_len: every pair's packed score within 1e-5 of its padded one, for
+    rows of two and four pairs' room."""
+    model, encoder = _model_and_encoder(models[name], head, factor)
+    pairs = encoder.encode_texts(QUERIES, PASSAGES)
+    assert max(len(ids) for ids, _ in pairs) == encoder.max_len and len({len(ids) for ids, _ in pairs}) == len(pairs)
+    packed_batch = encoder.collate(pairs)
+    assert packed_batch["input_ids"].shape[0] < len(pairs)  # pairs share rows
+    with torch.no_grad():
+        padded = pair_scores(model, encoder.pad(pairs))
+        packed = pair_scores(model, packed_batch)
+    assert torch.allclose(packed, padded, atol=1e-5, rtol=0), (packed, padded)
+    assert padded.std() > 1e-3  # the pairs are told apart
+
+
+@pytest.mark.parametrize("name,head", [("bert", None), ("qwen3-classifier", "classifier"), ("llama-yes_no", "yes_no")])
+def test_packed_gradients_equal_padded(models, name, head):
+    model, encoder = _model_and_encoder(models[name], head, 2)
+    pairs = encoder.encode_texts(QUERIES, PASSAGES)
+    weights = torch.linspace(-1.0, 1.0, len(pairs))
+
+    def gradients(batch):
+        model.zero_grad()
+        (pair_scores(model, batch) * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    padded, packed = gradients(encoder.pad(pairs)), gradients(encoder.collate(pairs))
+    assert set(padded) == set(packed)
+    total = torch.sqrt(sum(g.norm() ** 2 for g in padded.values()))
+    error = torch.sqrt(sum((packed[n] - padded[n]).norm() ** 2 for n in padded))
+    assert error / total < 1e-5, (error / total)
+
+
+@pytest.mark.parametrize("name,head", CASES)
+def test_self_check_passes_where_attention_keeps_pairs_apart(models, name, head):
+    model, encoder = _model_and_encoder(models[name], head)
+    check_packing(model, encoder, "cpu", "model")
+    assert not model.training
+
+
+def test_self_check_refuses_attention_that_ignores_packed_positions(models, monkeypatch):
+    """An attention that sees the whole row (here: transformers' packed-sequence detection switched off) mixes the
+    pairs of a row: refused with the model named."""
+    model, encoder = _model_and_encoder(models["bert"])
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(InputError, match=r"^model: --padding_free: 'bert' scores pairs packed in one row "
+                                         r"differently from each alone"):
+        check_packing(model, encoder, "cpu", "model")
