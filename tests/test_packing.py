@@ -2,17 +2,24 @@
 exactness matrix with packing on (and with token-budget gradient-cache chunks) against the plain reference."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import transformers.masking_utils
+from safetensors.torch import load_file
 
+from bigrerank import cli
 from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.data.packing import first_fit_decreasing, pack
 from bigrerank.errors import InputError
 from bigrerank.model import check_packing, load_config, load_reranker, load_tokenizer, pair_scores
-from tests.tiny import tiny_model_dir
-from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
+from bigrerank.training.shard import token_chunks
+from tests.dist_harness import run_jobs
+from tests.reference import assert_gradients_close, assert_weights_close, reference_state
+from tests.tiny import tiny_model_dir, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
+from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
 
 QUERIES = ["what is python", "weather in new york", "cold", "0123 what code", "the new code",
            "what is the weather in new york today and is it cold or is it not cold"]
@@ -114,3 +121,95 @@ def test_self_check_refuses_attention_that_ignores_packed_positions(models, monk
     with pytest.raises(InputError, match=r"^model: --padding_free: 'bert' scores pairs packed in one row "
                                          r"differently from each alone"):
         check_packing(model, encoder, "cpu", "model")
+
+
+STEPS, GROUP, PER_RANK = 3, 5, 2
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory):
+    """The exactness matrix's model and data (tests/test_exactness.py): group 5, 16 queries, pairs of mixed lengths."""
+    tmp = tmp_path_factory.mktemp("packed-exact")
+    return tmp, tiny_model_dir(tmp / "model", init_range=0.2), write_groups(tmp / "groups.jsonl", queries=16,
+                                                                            negatives=6)
+
+
+def _train_argv(model, data, out, stage: int, chunking: list[str], collaborative: bool, packing: list[str]):
+    return ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
+            "--max_len", "32", "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
+            "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), "--output_dir", str(out),
+            "--ds_config", f"ds_configs/zero{stage}.json", *chunking, *packing,
+            *(["--collaborative"] if collaborative else [])]
+
+
+def _assert_matches_reference(run, model, data, queries: int):
+    weights, gradients = reference_state(model, data, steps=STEPS, queries_per_micro=queries, accum=1,
+                                         group_size=GROUP, lr=1e-3)
+    for step in range(STEPS):
+        recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
+        assert_gradients_close(recorded, gradients[step], (run.name, step + 1))
+    assert_weights_close(load_file(str(run / "model.safetensors")), weights, run.name, gradients)
+
+
+# (name, chunking flags): plain, cached by a pair count (K=4 divides neither 10 local nor 6 collaborative pairs),
+# cached by a token budget (about two to four pairs of this data a chunk, so the ranks' chunk counts differ)
+CHUNKING = {"plain": [], "cached": ["--grad_cache_chunk_size", "4"], "tokens": ["--grad_cache_max_tokens", "40"]}
+
+
+@pytest.mark.slow
+def test_packed_matrix_matches_the_plain_reference(exact):
+    """--padding_free (rows of 2 x max_len) on 2 ranks: {plain, cached K=4, cached 40 tokens} x {local,
+    collaborative} x ZeRO {0, 3}, gradients of every step and final weights against the plain padded
+    single-process reference, at tests/reference.py's tolerances."""
+    tmp, model, data = exact
+    modes = list(itertools.product((0, 3), CHUNKING, (False, True)))
+    runs = {mode: tmp / "w2" / f"zero{mode[0]}-{mode[1]}-{'collab' if mode[2] else 'local'}" for mode in modes}
+    run_jobs(2, [(_train_argv(model, data, out, stage, CHUNKING[chunking], collab, ["--padding_free"]),
+                  str(out / "grads")) for (stage, chunking, collab), out in runs.items()])
+    for (stage, chunking, collab), run in runs.items():
+        _assert_matches_reference(run, model, data, PER_RANK if collab else 2 * PER_RANK)
+
+
+def test_token_budget_chunks_match_the_plain_reference_on_one_rank(exact):
+    """One rank, ZeRO-2, padded and packed: chunks of at most 40 tokens (pairs grouped by length) give the plain
+    reference's gradients and weights."""
+    tmp, model, data = exact
+    runs = {packing: tmp / "w1" / f"tokens-{packing or 'padded'}" for packing in ("", "--padding_free")}
+    run_jobs(1, [(_train_argv(model, data, out, 2, CHUNKING["tokens"], False, [packing] if packing else []),
+                  str(out / "grads")) for packing, out in runs.items()])
+    for run in runs.values():
+        _assert_matches_reference(run, model, data, PER_RANK)
+
+
+def test_token_chunks_group_by_length_within_the_budget():
+    lengths = [5, 30, 12, 28, 7, 31]
+    order, bounds = token_chunks(lengths, 40)
+    assert order == [5, 1, 3, 2, 4, 0]  # longest first
+    assert bounds == [(0, 1), (1, 2), (2, 4), (4, 6)]
+    assert all(sum(lengths[i] for i in order[a:b]) <= 40 for a, b in bounds)
+    assert token_chunks([50, 3], 40)[1] == [(0, 1), (1, 2)]  # a pair over the budget: a chunk alone
+
+
+def test_token_chunks_reach_the_count_every_rank_agrees_on():
+    """A rank with fewer chunks than another halves its fullest ones, so every rank runs as many forwards."""
+    lengths = [5, 30, 12, 28, 7, 31]
+    order, bounds = token_chunks(lengths, 40, agree=lambda count: 6)
+    assert sorted(order) == list(range(6)) and len(bounds) == 6
+    assert [b - a for a, b in bounds] == [1] * 6
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pack_len", "64"], "--pack_len: needs --padding_free"),
+    (["--padding_free", "--pack_len", "16"], "--pack_len must be at least --max_len (32), got 16"),
+    (["--grad_cache_max_tokens", "16"], "--grad_cache_max_tokens must be at least --max_len (32)"),
+    (["--grad_cache_max_tokens", "64", "--grad_cache_chunk_size", "4"],
+     "--grad_cache_chunk_size and --grad_cache_max_tokens exclude each other"),
+])
+def test_packing_flags_are_checked_before_any_work(tmp_path, capsys, argv, message):
+    """One line, exit 2, before the model (here: a directory without one) is opened."""
+    argv = ["train", "--model_name_or_path", str(tmp_path / "none"), "--train_path", str(tmp_path / "none.jsonl"),
+            "--output_dir", str(tmp_path / "out"), "--max_len", "32", *argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bigrerank train: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,12 @@ import torch
 
 # The keys of a packed batch that locate the pairs; the others are the model's inputs.
 LAYOUT_KEYS = ("pair_starts", "pair_lengths")
+PACK_FACTOR = 2  # default row length: this many times the pair length limit (docs/training.md: measured)
+
+
+def row_length(max_len: int, pack_len: int | None) -> int:
+    """Tokens per packed row: `pack_len`, else PACK_FACTOR x `max_len`."""
+    return pack_len or PACK_FACTOR * max_len
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
