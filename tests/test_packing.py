@@ -3,6 +3,7 @@ exactness matrix with packing on (and with token-budget gradient-cache chunks) a
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from bigrerank import cli
 from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.data.packing import first_fit_decreasing, pack
 from bigrerank.errors import InputError
+from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import check_packing, load_config, load_reranker, load_tokenizer, pair_scores
 from bigrerank.training.shard import token_chunks
 from tests.dist_harness import run_jobs
@@ -213,3 +215,31 @@ def test_packing_flags_are_checked_before_any_work(tmp_path, capsys, argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bigrerank train: error: ") and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,head", [("bert", None), ("llama-classifier", "classifier"), ("qwen3-yes_no", "yes_no")])
+def test_padding_free_reranker_scores_like_the_padded_one(models, name, head):
+    """RerankerForInference(padding_free=True): the self-check passes and every score is the padded one's."""
+    options = dict(max_len=MAX_LEN[head or "classifier"], device="cpu", score_head=head)
+    padded = RerankerForInference.from_pretrained(models[name], **options)
+    packed = RerankerForInference.from_pretrained(models[name], padding_free=True, **options)
+    assert packed.encoder().pack_len == 2 * packed.max_len
+    expected = padded.score(QUERIES, PASSAGES, batch_size=4)
+    assert packed.score(QUERIES, PASSAGES, batch_size=4) == pytest.approx(expected, abs=1e-5)
+    assert "pair_starts" not in packed.tokenize(QUERIES, PASSAGES, return_tensors="pt")  # the model's own inputs
+
+
+def test_rerank_padding_free_writes_the_padded_scores(models, tmp_path):
+    rows = [{"qid": f"q{i}", "pid": f"p{i}", "qry": q, "psg": p} for i, (q, p) in enumerate(zip(QUERIES, PASSAGES))]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["rerank", "--model", str(models["bert"]), "--input", str(pairs), "--max_len", "48", "--batch_size", "4"]
+    assert cli.main([*common, "--output", str(tmp_path / "padded.tsv")]) == 0
+    assert cli.main([*common, "--output", str(tmp_path / "packed.tsv"), "--padding_free", "--pack_len", "100"]) == 0
+
+    def scores(name):
+        return [float(line.split("\t")[2]) for line in (tmp_path / name).read_text().splitlines()]
+
+    assert scores("packed.tsv") == pytest.approx(scores("padded.tsv"), abs=1e-5)
+    assert cli.main([*common, "--output", str(tmp_path / "x.tsv"), "--pack_len", "100"]) == 2
+    assert not (tmp_path / "x.tsv").exists()
