@@ -16,6 +16,7 @@ from bigrerank.data.packing import first_fit_decreasing, pack
 from bigrerank.errors import InputError
 from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import check_packing, load_config, load_reranker, load_tokenizer, pair_scores
+from bigrerank.training.evaluation import metric_names
 from bigrerank.training.shard import token_chunks
 from tests.dist_harness import run_jobs
 from tests.reference import assert_gradients_close, assert_weights_close, reference_state
@@ -243,3 +244,46 @@ def test_rerank_padding_free_writes_the_padded_scores(models, tmp_path):
     assert scores("packed.tsv") == pytest.approx(scores("padded.tsv"), abs=1e-5)
     assert cli.main([*common, "--output", str(tmp_path / "x.tsv"), "--pack_len", "100"]) == 2
     assert not (tmp_path / "x.tsv").exists()
+
+
+def _eval_rows(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [{m: row[f"eval_{m}"] for m in metric_names("nDCG@10")} for row in rows if "eval_nDCG@10" in row]
+
+
+def _assert_same_training(padded, packed, steps: int):
+    """Each step's reduced gradients of the packed run equal the padded run's, at the exactness tolerances, and
+    the evaluations while training agree."""
+    for step in range(steps):
+        reference = torch.load(padded / "grads" / f"step-{step + 1}.pt")["grads"]
+        assert_gradients_close(torch.load(packed / "grads" / f"step-{step + 1}.pt")["grads"], reference,
+                               (packed.name, step + 1))
+    evals, expected = _eval_rows(packed), _eval_rows(padded)
+    assert evals and len(evals) == len(expected)
+    for got, want in zip(evals, expected):
+        assert got == pytest.approx(want, abs=1e-6), (packed.name, got, want)
+
+
+@pytest.mark.slow
+def test_packing_with_lora_checkpointing_and_evaluation_trains_as_padded(tmp_path):
+    """LoRA, gradient checkpointing and evaluation while training, packed vs padded: a BERT classifier on 2 ranks
+    (ZeRO-3, collaborative, token-budget chunks) and a Qwen3 yes_no decoder on 1 rank (ZeRO-2, chunks of 3)."""
+    from tests.test_train_eval import write_eval_set
+
+    bert, qwen3 = tiny_model_dir(tmp_path / "bert", init_range=0.2), tiny_decoder_dir(tmp_path / "qwen3", "qwen3",
+                                                                                       init_range=0.2)
+    train, files = write_groups(tmp_path / "groups.jsonl", queries=16), write_eval_set(tmp_path / "eval")
+    common = ["--train_path", str(train), "--train_group_size", "4", "--per_device_train_batch_size", "2",
+              "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_steps", "1000",
+              "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--gradient_checkpointing",
+              "--eval_path", str(files["pairs"]), "--eval_ids", str(files["ids"]), "--eval_qrels",
+              str(files["qrels"]), "--eval_steps", "2", "--per_device_eval_batch_size", "5"]
+    setups = {"bert": (2, ["--model_name_or_path", str(bert), "--ds_config", "ds_configs/zero3.json", "--max_len",
+                           "32", "--collaborative", "--grad_cache_max_tokens", "64"]),
+              "qwen3": (1, ["--model_name_or_path", str(qwen3), "--ds_config", "ds_configs/zero2.json", "--max_len",
+                            "192", "--score_head", "yes_no", "--grad_cache_chunk_size", "3"])}
+    for name, (world, flags) in setups.items():
+        runs = {packing: tmp_path / f"{name}-{packing or 'padded'}" for packing in ("", "--padding_free")}
+        run_jobs(world, [([*common, *flags, "--output_dir", str(out), *([packing] if packing else [])],
+                          str(out / "grads")) for packing, out in runs.items()])
+        _assert_same_training(runs[""], runs["--padding_free"], 4)
