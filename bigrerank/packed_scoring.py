@@ -21,7 +21,6 @@ from transformers.utils import ModelOutput
 
 from . import heads
 from .data.packing import LAYOUT_KEYS
-from .errors import InputError
 
 _ENCODER_STACKS = ("encoder", "transformer")  # BERT, RoBERTa, ELECTRA, DeBERTa …; DistilBERT
 
