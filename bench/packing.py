@@ -6,7 +6,7 @@
    negatives, 4 queries a micro-batch): real tokens/s padded and packed at rows of 1, 2 and 4 x max_len, and the
    padding share of the padded batches. Timings interleave the modes, the median of `--steps` steps each.
 2. Rerank: pairs/s of RerankerForInference on SciFact dev BM25 candidates, length-sorted padded batches (the
-   default) against packed ones.
+   default) against packed ones (the default rows).
 3. Memory: the activation memory (tensors autograd saves for the backward) of the largest chunk of one
    gradient-cache step (8 queries x 8 passages), chunks of a fixed 8 pairs against chunks of at most 8 x max_len
    tokens (--grad_cache_max_tokens), padded and packed.
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import SCIFACT, machine, minilm_dir, require_scifact, table, write_scifact_groups  # noqa: E402
 from bigrerank.contract import make_encoder, resolve_contract  # noqa: E402
 from bigrerank.data.grouped import GroupSampler, load_groups  # noqa: E402
+from bigrerank.data.packing import PACK_FACTOR  # noqa: E402
 from bigrerank.inference.reranker import RerankerForInference  # noqa: E402
 from bigrerank.losses import LOSSES  # noqa: E402
 from bigrerank.model import load_config, load_reranker, load_tokenizer, pair_scores  # noqa: E402
@@ -105,8 +106,8 @@ def bench_rerank(model_dir: str, max_len: int, pairs: int, batch_size: int = 32)
         torch.manual_seed(0)  # the same new one-logit head on MiniLM for both
         return RerankerForInference(load_reranker(model_dir), tokenizer, max_len, device="cpu", **options)
 
-    rerankers = {"length-sorted padded": reranker(), "packed 2x": reranker(padding_free=True)}
-    encoded = rerankers["packed 2x"].encoder().encode_texts(queries, passages)
+    rerankers = {"length-sorted padded": reranker(), f"packed {PACK_FACTOR}x": reranker(padding_free=True)}
+    encoded = rerankers["length-sorted padded"].encoder().encode_texts(queries, passages)
     seconds = {name: [] for name in rerankers}
     for _ in range(2):
         for name, reranker in rerankers.items():
@@ -119,24 +120,26 @@ def bench_rerank(model_dir: str, max_len: int, pairs: int, batch_size: int = 32)
 
 
 def saved_bytes(model, batch) -> int:
-    """Bytes of the tensors autograd keeps for the backward of one chunk's forward: its activation memory."""
-    total = 0
+    """Bytes of the distinct storages autograd keeps for the backward of one chunk's forward: its activation
+    memory (the weights left out; no backward is run)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
 
     def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage  # held: a freed storage's address is not reused meanwhile
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: packed):
         pair_scores(model, batch)
-    return total
+    return sum(storage.nbytes() for storage in storages.values())
 
 
 def bench_memory(model_dir: str, groups_file: Path, max_len: int) -> list[list]:
     """The largest chunk's activation memory in a cached step of 8 queries x 8 passages (SciFact, mixed lengths)."""
     model = load_reranker(model_dir).train()
     rows = []
-    for name, encoder in encoders(model_dir, max_len, [2]).items():
+    for name, encoder in encoders(model_dir, max_len, [PACK_FACTOR]).items():
         groups = micro_batches(groups_file, encoder, 1, queries=8)[0]
         for label, chunk, max_tokens in [("--grad_cache_chunk_size 8", 8, 0),
                                          (f"--grad_cache_max_tokens {8 * max_len}", 0, 8 * max_len)]:

@@ -13,7 +13,7 @@ import torch
 
 # The keys of a packed batch that locate the pairs; the others are the model's inputs.
 LAYOUT_KEYS = ("pair_starts", "pair_lengths")
-PACK_FACTOR = 2  # default row length: this many times the pair length limit (docs/training.md: measured)
+PACK_FACTOR = 1  # default row length: this many times the pair length limit (docs/training.md: measured)
 
 
 def row_length(max_len: int, pack_len: int | None) -> int:
