@@ -161,7 +161,7 @@ CHUNKING = {"plain": [], "cached": ["--grad_cache_chunk_size", "4"], "tokens": [
 
 @pytest.mark.slow
 def test_packed_matrix_matches_the_plain_reference(exact):
-    """--padding_free (rows of 2 x max_len) on 2 ranks: {plain, cached K=4, cached 40 tokens} x {local,
+    """--padding_free (the default rows of max_len) on 2 ranks: {plain, cached K=4, cached 40 tokens} x {local,
     collaborative} x ZeRO {0, 3}, gradients of every step and final weights against the plain padded
     single-process reference, at tests/reference.py's tolerances."""
     tmp, model, data = exact
