@@ -131,8 +131,12 @@ def build_contract(config, tokenizer, head: str, spec: TemplateSpec | None, inst
                            pad_token_id=tokenizer.pad_token_id)
 
 
-def make_encoder(tokenizer, max_len: int, contract: ScoringContract | None) -> PairEncoder:
-    """The one place that picks the pair encoder: the tokenizer's pair template, or the contract's prompt."""
+def make_encoder(tokenizer, max_len: int, contract: ScoringContract | None, pack_len: int | None = None) -> PairEncoder:
+    """The one place that picks the pair encoder: the tokenizer's pair template, or the contract's prompt; its
+    batches packed into rows of `pack_len` tokens when given (padded otherwise)."""
     if contract is None or contract.spec is None:
-        return PairEncoder(tokenizer, max_len, append_eos=bool(contract and contract.append_eos))
-    return PromptEncoder(tokenizer, max_len, contract.spec, contract.instruction)
+        encoder = PairEncoder(tokenizer, max_len, append_eos=bool(contract and contract.append_eos))
+    else:
+        encoder = PromptEncoder(tokenizer, max_len, contract.spec, contract.instruction)
+    encoder.pack_len = pack_len
+    return encoder

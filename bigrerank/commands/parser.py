@@ -31,6 +31,14 @@ def one_word(owner, name: str) -> None:
         raise UsageError(f"--{name} must be one word without whitespace, got {value!r}")
 
 
+def check_packing_flags(args) -> None:
+    """--pack_len goes with --padding_free and holds the longest pair (train's or rerank's arguments)."""
+    if args.pack_len is not None and not args.padding_free:
+        raise UsageError("--pack_len: needs --padding_free")
+    if args.pack_len is not None and args.max_len is not None and args.pack_len < args.max_len:
+        raise UsageError(f"--pack_len must be at least --max_len ({args.max_len}), got {args.pack_len}")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every flag's help ends with its default, or "(required)"; descriptions kept as written."""
 

@@ -17,13 +17,14 @@ from .. import distributed, hardware
 from ..checkpoints.consolidate import TRAINING_INFO
 from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
+from ..data.packing import PACK_FACTOR
 from ..errors import UsageError
 from ..inference.host_memory import retain_freed_memory
 from ..inference.rerank import (open_reranker, require_model_dir, score_candidates, trained_max_len,
                                 write_scores)
 from ..inference.reranker import default_device
 from .outputs import check_output
-from .parser import CommandParser, at_least
+from .parser import CommandParser, at_least, check_packing_flags
 
 SOURCE_FLAGS = {"pairs": "--input", "ids": "--ids", "run": "--run", "queries": "--queries", "corpus": "--corpus",
                 "depth": "--depth", "run_format": "--run_format"}
@@ -62,6 +63,11 @@ class RerankArguments:
     tokenize_ahead: bool = field(default=True, metadata={
         "help": "tokenize the next chunk in a background thread while the model scores (--no_tokenize_ahead: off)"})
     chunk_size: int = field(default=4096, metadata={"help": "pairs tokenized and length-sorted together"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "pack each batch's pairs into rows of --pack_len tokens instead of padding them (the same scores, "
+                "checked at start-up)"})
+    pack_len: int | None = field(default=None, metadata={
+        "help": f"with --padding_free: tokens per packed row (default: {PACK_FACTOR} x the pair length limit)"})
     local_rank: int = field(default=-1, metadata={
         "help": "passed by the deepspeed launcher; the device comes from the LOCAL_RANK environment variable"})
 
@@ -74,6 +80,7 @@ class RerankArguments:
         if self.fp16 and not torch.cuda.is_available():
             raise UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16")
         at_least(self, ["batch_size", "chunk_size", "max_len"], 1)
+        check_packing_flags(self)
 
     def source(self) -> CandidateSource:
         return CandidateSource(self.input, self.ids, self.run, self.queries, self.corpus, self.depth, self.run_format,
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reranker = open_reranker(args.model, max_len=scoring_max_len(args), device=device, precision=args.precision,
                                  torch_compile=args.torch_compile, score_head=args.score_head, template=args.template,
-                                 instruction=args.instruction)
+                                 instruction=args.instruction, padding_free=args.padding_free, pack_len=args.pack_len)
         candidates = args.source().read(len(reranker.tokenizer))
         start = time.perf_counter()
         scores = score_candidates(reranker, candidates, args.batch_size, args.chunk_size, args.tokenize_ahead,

@@ -1,7 +1,8 @@
 """`bigrerank train`: train a reranker on a DeepSpeed engine and export it into --output_dir.
 
     python -m bigrerank.launch --model_name_or_path DIR --train_path data.jsonl --output_dir out \
-        --ds_config ds_configs/zero2.json [--grad_cache_chunk_size K] [--collaborative] ...
+        --ds_config ds_configs/zero2.json [--grad_cache_chunk_size K | --grad_cache_max_tokens N] [--collaborative] \
+        [--padding_free] ...
 
 The three argument dataclasses are the training settings (training/trainer.py reads them); their names follow
 Hugging Face `TrainingArguments` wherever the meaning is the same.
@@ -14,12 +15,13 @@ from typing import Optional
 
 from .. import distributed
 from ..data.collection import RUN_FORMATS
+from ..data.packing import PACK_FACTOR
 from ..errors import UsageError
 from ..evaluation.metrics import parse_metrics
 from ..training.evaluation import eval_source
 from ..training.preemption import PREEMPTED_EXIT_CODE
 from ..training.trainer import train
-from .parser import CommandParser, at_least
+from .parser import CommandParser, at_least, check_packing_flags
 
 LOSSES = ("lce", "distill", "bce")
 REPORT_TO = ("wandb", "none")
@@ -74,10 +76,16 @@ class DataArguments:
         "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, or a JSON file with {instruction}, "
                 "{query} and {passage} slots and the yes/no strings; default: the model's contract or architecture's"})
     instruction: Optional[str] = field(default=None, metadata={"help": "The template's {instruction} text."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "Pack the pairs of a batch into rows of --pack_len tokens (no padding: each pair's positions restart "
+                "at 0 and its attention stays inside it); the same scores, checked at start-up."})
+    pack_len: Optional[int] = field(default=None, metadata={
+        "help": f"With --padding_free: tokens per packed row (default: {PACK_FACTOR} x --max_len)."})
 
     def __post_init__(self):
         at_least(self, ["train_group_size"], 2)
         at_least(self, ["max_len"], 1)
+        check_packing_flags(self)
 
 
 @dataclass
@@ -120,6 +128,9 @@ class TrainingArguments:
         default=False, metadata={"help": "Split each query's group across the data-parallel ranks."})
     grad_cache_chunk_size: int = field(
         default=0, metadata={"help": "Score pairs in no-grad chunks of this size, then replay (0 = off)."})
+    grad_cache_max_tokens: int = field(default=0, metadata={
+        "help": "Gradient cache with chunks of at most this many tokens instead of a pair count, the pairs of a "
+                "micro-batch grouped by length (0 = off; at least --max_len)."})
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "Stop after this many optimizer steps in a row with non-finite loss or grads."})
     gradient_checkpointing: bool = field(default=False, metadata={
@@ -166,7 +177,10 @@ class TrainingArguments:
         at_least(self, ["per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
                          "save_total_limit", "max_nonfinite_steps", "ddp_timeout"], 1)
         at_least(self, ["learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_ratio",
-                         "warmup_steps", "max_grad_norm", "grad_cache_chunk_size"], 0)
+                         "warmup_steps", "max_grad_norm", "grad_cache_chunk_size", "grad_cache_max_tokens"], 0)
+        if self.grad_cache_chunk_size and self.grad_cache_max_tokens:
+            raise UsageError("--grad_cache_chunk_size and --grad_cache_max_tokens exclude each other (chunks of a pair "
+                             "count or of a token budget)")
         at_least(self, ["temperature"], 0.0, inclusive=False)
         for name in ("adam_beta1", "adam_beta2", "warmup_ratio"):
             if getattr(self, name) > 1:
@@ -200,7 +214,11 @@ def check_evaluation(args: TrainingArguments) -> None:
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    return CommandParser((ModelArguments, DataArguments, TrainingArguments), "train").parse(argv)
+    model_args, data_args, args = CommandParser((ModelArguments, DataArguments, TrainingArguments), "train").parse(argv)
+    if 0 < args.grad_cache_max_tokens < data_args.max_len:
+        raise UsageError(f"--grad_cache_max_tokens must be at least --max_len ({data_args.max_len}): a chunk holds "
+                         f"at least one pair; got {args.grad_cache_max_tokens}")
+    return model_args, data_args, args
 
 
 def main(argv: list[str] | None = None) -> int:

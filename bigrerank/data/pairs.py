@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from . import packing
+
 _PROBE_QUERY, _PROBE_PASSAGE = "query", "passage"
 
 
@@ -70,7 +72,10 @@ class PairTemplate:
 
 
 class PairEncoder:
-    """Turns (query, passage) pairs — text or token ids without special tokens — into padded batches."""
+    """Turns (query, passage) pairs — text or token ids without special tokens — into batches: padded, or packed
+    into rows of at most `pack_len` tokens when it is set (packing.py)."""
+
+    pack_len: int | None = None
 
     def __init__(self, tokenizer, max_len: int, append_eos: bool = False):
         self.tokenizer, self.max_len = tokenizer, max_len
@@ -95,10 +100,16 @@ class PairEncoder:
         return [self.encode_ids(q, p) for q, p in zip(q_ids, p_ids)]
 
     def collate(self, pairs: list[tuple[list[int], list[int]]], pin_memory: bool = False) -> dict[str, torch.Tensor]:
-        """Pad to the longest pair in the batch; returns input_ids, attention_mask (and token_type_ids).
+        """The batch of `pairs`: packed when `pack_len` is set, else padded.
 
         `pin_memory` puts the tensors in page-locked memory, so a GPU copy can run asynchronously.
         """
+        batch = (packing.pack(pairs, self.pack_len, self.pad_id, self.use_token_types) if self.pack_len
+                 else self.pad(pairs))
+        return {name: t.pin_memory() for name, t in batch.items()} if pin_memory else batch
+
+    def pad(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest pair in the batch; returns input_ids, attention_mask (and token_type_ids)."""
         lengths = np.fromiter((len(ids) for ids, _ in pairs), dtype=np.int64, count=len(pairs))
         mask = np.arange(int(lengths.max())) < lengths[:, None]
         input_ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
@@ -110,5 +121,4 @@ class PairEncoder:
             token_types[mask] = np.fromiter(itertools.chain.from_iterable(types for _, types in pairs),
                                             dtype=np.int64, count=int(lengths.sum()))
             arrays["token_type_ids"] = token_types
-        batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
-        return {name: t.pin_memory() for name, t in batch.items()} if pin_memory else batch
+        return {name: torch.from_numpy(array) for name, array in arrays.items()}

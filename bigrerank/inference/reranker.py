@@ -20,9 +20,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .. import heads
 from ..contract import ScoringContract, make_encoder, resolve_contract
+from ..data.packing import LAYOUT_KEYS, row_length
 from ..data.pairs import PairEncoder
 from ..heads import scores_from_logits
-from ..model import load_config, load_reranker, load_tokenizer, max_len_problem
+from ..model import check_packing, load_config, load_reranker, load_tokenizer, max_len_problem, pair_scores
 from ..sharded_scoring import Pair, score_sharded
 from .first_token import FirstTokenScorer, unsupported
 
@@ -69,7 +70,10 @@ class RerankerForInference(nn.Module):
     LM's yes/no answer logits (heads.py)."""
 
     def __init__(self, hf_model, tokenizer, max_len: int | None = None, device=None, precision: str = "fp32",
-                 torch_compile: bool = False, contract: ScoringContract | None = None):
+                 torch_compile: bool = False, contract: ScoringContract | None = None, padding_free: bool = False,
+                 pack_len: int | None = None):
+        """`padding_free`: score batches packed into rows of `pack_len` tokens (default: data/packing.py's factor
+        x the pair length), after a check that the model scores packed pairs as it scores them alone."""
         super().__init__()
         self.contract = contract
         (contract.head if contract is not None else heads.CLASSIFIER).check_loaded(hf_model)
@@ -81,6 +85,11 @@ class RerankerForInference(nn.Module):
         self.max_len = self._check_max_len(max_len or (contract and contract.max_len)
                                            or default_max_len(hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
+        self.padding_free, self.pack_len = padding_free, pack_len
+        if padding_free:
+            if pack_len is not None and pack_len < self.max_len:
+                raise ValueError(f"--pack_len must be at least the pair length {self.max_len}, got {pack_len}")
+            check_packing(self.hf_model, self.encoder(), self.device, hf_model.config.name_or_path or "model")
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)
         if self.full_forward_reason is None:
@@ -93,7 +102,8 @@ class RerankerForInference(nn.Module):
     @classmethod
     def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
                         torch_compile: bool = False, score_head: str | None = None, template: str | None = None,
-                        instruction: str | None = None, **model_kwargs) -> "RerankerForInference":
+                        instruction: str | None = None, padding_free: bool = False, pack_len: int | None = None,
+                        **model_kwargs) -> "RerankerForInference":
         """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output, scored the way its
         `bigrerank_scoring.json` says; a model without one (a released reranker, a base model) gets its
         architecture's default or `score_head` / `template` / `instruction`."""
@@ -102,7 +112,7 @@ class RerankerForInference(nn.Module):
         contract = resolve_contract(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
         hf_model = load_reranker(model_name_or_path, contract=contract, one_logit=False, **model_kwargs)
         return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
-                   torch_compile=torch_compile, contract=contract)
+                   torch_compile=torch_compile, contract=contract, padding_free=padding_free, pack_len=pack_len)
 
     def _check_max_len(self, max_len: int) -> int:
         problem = max_len_problem(max_len, self.max_positions)
@@ -111,10 +121,11 @@ class RerankerForInference(nn.Module):
         return max_len
 
     def encoder(self, max_len: int | None = None) -> PairEncoder:
-        """The pair encoder for `max_len` (default: the reranker's), built once."""
+        """The pair encoder for `max_len` (default: the reranker's), built once; packing when padding-free."""
         max_len = self._check_max_len(max_len or self.max_len)
         if max_len not in self._encoders:
-            self._encoders[max_len] = make_encoder(self.tokenizer, max_len, self.contract)
+            pack_len = row_length(max_len, self.pack_len) if self.padding_free else None
+            self._encoders[max_len] = make_encoder(self.tokenizer, max_len, self.contract, pack_len)
         return self._encoders[max_len]
 
     def tokenize(self, queries: str | Sequence[str], passages: str | Sequence[str], max_len: int | None = None,
@@ -127,7 +138,7 @@ class RerankerForInference(nn.Module):
         a single pair gives flat lists, like a tokenizer call.
         """
         encoder = self.encoder(max_len or max_length)
-        batch = encoder.collate(encoder.encode_texts(*_broadcast(queries, passages)))
+        batch = encoder.pad(encoder.encode_texts(*_broadcast(queries, passages)))
         if return_tensors == "pt":
             return BatchEncoding(batch)
         data = {name: tensor.tolist() for name, tensor in batch.items()}
@@ -141,8 +152,12 @@ class RerankerForInference(nn.Module):
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def forward(self, batch):
-        """The model output for a tokenized batch; `.logits` has shape (batch, 1)."""
+        """The model output for a tokenized batch, padded or packed; `.logits` has shape (pairs, 1)."""
         batch = dict(batch)
+        if LAYOUT_KEYS[0] in batch:
+            batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
+            with torch.inference_mode(), self._autocast():
+                return SequenceClassifierOutput(logits=pair_scores(self.hf_model, batch).unsqueeze(-1))
         first_token = self.full_forward_reason is None and set(batch) <= FIRST_TOKEN_INPUTS
         mask = batch.get("attention_mask")
         if first_token and mask is not None and mask.device.type == "cpu" and bool(mask.all()):

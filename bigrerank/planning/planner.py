@@ -31,6 +31,12 @@ def machine_memory() -> int:
     return psutil.virtual_memory().total
 
 
+def chunk_pairs(args, max_len: int) -> int:
+    """Pairs of a gradient-cache chunk as planned: --grad_cache_chunk_size, or as many pairs of --max_len tokens as
+    --grad_cache_max_tokens holds (0: no cache)."""
+    return args.grad_cache_chunk_size or args.grad_cache_max_tokens // max_len
+
+
 class Planner:
     """Plans a training configuration and variants of it ({flag: value} changes of the training flags)."""
 
@@ -71,7 +77,7 @@ class Planner:
         steps = args.max_steps if args.max_steps > 0 else 1
         resolved = ds_config.fill_auto(raw, resolving, self.hardware.world, steps, shape.hidden, path=path)
         setup = Setup(shape, resolved, data_args.train_group_size, data_args.max_len,
-                      args.per_device_train_batch_size, args.grad_cache_chunk_size, args.collaborative,
+                      args.per_device_train_batch_size, chunk_pairs(args, data_args.max_len), args.collaborative,
                       args.gradient_checkpointing, args.bf16 or args.fp16)
         return setup, {"ds_config": path}
 

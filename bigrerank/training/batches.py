@@ -5,9 +5,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .. import distributed
 from ..data.grouped import GroupSampler
 from ..data.pairs import PairEncoder
-from .shard import Shard, chunk_bounds
+from .shard import Shard, chunk_bounds, token_chunks
 
 
 @dataclass
@@ -21,18 +22,31 @@ class MicroBatch:
     teacher: torch.Tensor | None = None  # (queries, group) teacher scores, for a loss that reads them
     pairs: int = 0                 # real pairs scored by this rank
     tokens: int = 0                # real tokens scored by this rank
+    order: torch.Tensor | None = None  # the query-major pair index of each chunk position (None: in order)
 
     def to(self, device) -> MicroBatch:
         return replace(self, batches=[{k: v.to(device) for k, v in b.items()} for b in self.batches],
                        real_mask=self.real_mask.to(device),
-                       teacher=None if self.teacher is None else self.teacher.to(device))
+                       teacher=None if self.teacher is None else self.teacher.to(device),
+                       order=None if self.order is None else self.order.to(device))
+
+    def in_pair_order(self, flat: torch.Tensor) -> torch.Tensor:
+        """(queries, width) scores from the chunks' concatenated (pairs,) scores."""
+        if self.order is None:
+            return flat.view(self.shape)
+        return torch.empty_like(flat).index_copy_(0, self.order, flat).view(self.shape)
+
+    def chunk_pairs(self, start: int, end: int) -> slice | torch.Tensor:
+        """The query-major indices of the pairs at chunk positions [start, end)."""
+        return slice(start, end) if self.order is None else self.order[start:end]
 
 
 def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, chunk_size: int, text: bool,
-                       teacher: torch.Tensor | None = None) -> MicroBatch:
+                       teacher: torch.Tensor | None = None, max_tokens: int = 0) -> MicroBatch:
     """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`.
 
-    chunk_size: pairs per chunk for the gradient cache (0: one batch, plain).
+    chunk_size: pairs per chunk for the gradient cache (0: one batch, plain); max_tokens: instead, chunks of at
+    most this many tokens, the pairs grouped by length (as many chunks on every rank, which ZeRO-3 needs).
     """
     rows = [(query, *shard.passages(passages)) for query, passages in groups]
     width = len(rows[0][1])
@@ -44,12 +58,22 @@ def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, 
     for i, (query, passages, count) in enumerate(rows):
         pairs.extend(encoder.encode_ids(query, passage) for passage in passages)
         real_mask[i, :count] = 1.0
-    bounds = chunk_bounds(len(pairs), chunk_size) if chunk_size else [(0, len(pairs))]
     is_real = real_mask.reshape(-1).bool().tolist()
     tokens = sum(len(ids) for (ids, _), keep in zip(pairs, is_real) if keep)
+    order = None
+    if max_tokens:
+        order, bounds = token_chunks([len(ids) for ids, _ in pairs], max_tokens, _chunks_on_every_rank)
+        pairs = [pairs[i] for i in order]
+    else:
+        bounds = chunk_bounds(len(pairs), chunk_size) if chunk_size else [(0, len(pairs))]
     return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], (len(rows), width), real_mask,
-                      len(groups[0][1]), chunked=bool(chunk_size), shard=shard, teacher=teacher,
-                      pairs=int(real_mask.sum().item()), tokens=tokens)
+                      len(groups[0][1]), chunked=bool(chunk_size or max_tokens), shard=shard, teacher=teacher,
+                      pairs=int(real_mask.sum().item()), tokens=tokens,
+                      order=None if order is None else torch.tensor(order))
+
+
+def _chunks_on_every_rank(count: int) -> int:
+    return int(distributed.all_reduce([count], "max")[0])
 
 
 @dataclass
@@ -64,6 +88,7 @@ class MicroBatchSource:
     text: bool                     # the data holds text (else token ids)
     with_teacher: bool             # the loss reads the teacher's scores
     device: torch.device
+    max_tokens: int = 0            # --grad_cache_max_tokens (0: chunks of chunk_size pairs)
     _order: tuple = field(default=(None, None), repr=False)  # (epoch, its query order)
 
     def epoch_order(self, epoch: int):
@@ -79,5 +104,5 @@ def next_micro_batch(source: MicroBatchSource, epoch: int, index: int) -> MicroB
     drawn = [source.sampler.scored_group(i, epoch) for i in source.shard.queries(indices, source.queries_per_rank)]
     teacher = torch.tensor([scores for _, _, scores in drawn]) if source.with_teacher else None
     groups = [(query, passages) for query, passages, _ in drawn]
-    return encode_micro_batch(groups, source.encoder, source.shard, source.chunk_size, source.text, teacher).to(
-        source.device)
+    return encode_micro_batch(groups, source.encoder, source.shard, source.chunk_size, source.text, teacher,
+                              source.max_tokens).to(source.device)

@@ -6,7 +6,8 @@ or `NOT_COMPARED` is refused when it differs, because it breaks the exact resume
 - the data and its sampling: `train_path`, its content (`training_queries`, `data_fingerprint`: the
   `datasets` fingerprint of the converted data), `train_group_size`, `max_len`, `seed`,
   `per_device_train_batch_size`, `gradient_accumulation_steps`, `world_size` (queries per step, each
-  rank's RNG stream, ZeRO partitions), `collaborative`, `grad_cache_chunk_size` (dropout draws);
+  rank's RNG stream, ZeRO partitions), `collaborative`, `grad_cache_chunk_size`, `grad_cache_max_tokens`,
+  `padding_free`, `pack_len` (dropout draws);
 - the loss (`loss`, `temperature`) and the update: `learning_rate`, the schedule (`total_steps` and
   `warmup_num_steps`, as `--max_steps`/`--num_train_epochs` and `--warmup_steps`/`--warmup_ratio` give
   them), AdamW (`weight_decay`, `adam_beta1/2`, `adam_epsilon`),

@@ -28,6 +28,26 @@ def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def token_chunks(lengths: list[int], max_tokens: int, agree=lambda count: count) -> tuple[list[int], list[tuple]]:
+    """(item order, [start, end) of its chunks): the items longest first, cut into chunks of at most `max_tokens`
+    total length (an item over it alone). `agree(count)` gives the chunk count every rank must reach (the most
+    any has): the chunks holding the most tokens are halved until there are that many."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bounds, start, total = [], 0, 0
+    for end, i in enumerate(order):
+        if end > start and total + lengths[i] > max_tokens:
+            bounds.append((start, end))
+            start, total = end, 0
+        total += lengths[i]
+    bounds.append((start, len(order)))
+    for _ in range(agree(len(bounds)) - len(bounds)):
+        a, b = max((bound for bound in bounds if bound[1] - bound[0] > 1),
+                   key=lambda bound: sum(lengths[i] for i in order[bound[0]:bound[1]]))
+        middle = (a + b) // 2
+        bounds[bounds.index((a, b)):bounds.index((a, b)) + 1] = [(a, middle), (middle, b)]
+    return order, bounds
+
+
 @dataclass(frozen=True)
 class Shard:
     rank: int = 0

@@ -2,8 +2,8 @@
 
 Every micro-batch goes through the same moves (GradCache's `cache_step`, Gao et al. 2021):
 
-1. forward — plain: one forward with autograd; cached: no-grad chunks of K pairs, saving the RNG state before
-   each chunk;
+1. forward — plain: one forward with autograd; cached: no-grad chunks (K pairs, or up to N tokens of pairs grouped
+   by length), saving the RNG state before each chunk;
 2. build the cache — gather the (queries, group) score matrix (collaborative: every rank's slices, see
    shard.py), take the loss and its gradient with respect to the scores, once, and keep this rank's share;
 3. forward and backward — plain: through the kept graph; cached: chunk by chunk, recomputed with the same RNG
@@ -40,7 +40,7 @@ def forward(engine, micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor | Non
         for batch in micro.batches:
             states.append(RngState())
             chunks.append(pair_scores(engine, batch))
-    return torch.cat(chunks).view(micro.shape), None, states
+    return micro.in_pair_order(torch.cat(chunks)), None, states
 
 
 def build_cache(micro: MicroBatch, local: torch.Tensor, loss_fn, **loss_kwargs):
@@ -59,10 +59,11 @@ def forward_backward_chunks(engine, micro: MicroBatch, states: list[RngState], o
     for i, (batch, state) in enumerate(zip(micro.batches, states)):
         state.restore()
         chunk = pair_scores(engine, batch)
-        backward((chunk * flat_grad[offset:offset + len(chunk)]).sum(), i == len(micro.batches) - 1)
+        backward((chunk * flat_grad[micro.chunk_pairs(offset, offset + len(chunk))]).sum(),
+                 i == len(micro.batches) - 1)
         pieces.append(chunk.detach())
         offset += len(chunk)
-    return torch.cat(pieces).view(micro.shape)
+    return micro.in_pair_order(torch.cat(pieces))
 
 
 def micro_batch_step(engine, micro: MicroBatch, loss_fn, backward, **loss_kwargs) -> MicroBatchResult:

@@ -19,7 +19,8 @@ from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
-from ..model import load_config, load_reranker, load_tokenizer
+from ..data.packing import row_length
+from ..model import check_packing, load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
 from .batches import MicroBatchSource, next_micro_batch
@@ -144,9 +145,12 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract,
                                   load_universal=states_dir != resume_dir)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
-    source = MicroBatchSource(sampler, make_encoder(tokenizer, data_args.max_len, contract), shard,
-                              args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
-                              with_teacher, engine.device)
+    pack_len = row_length(data_args.max_len, data_args.pack_len) if data_args.padding_free else None
+    encoder = make_encoder(tokenizer, data_args.max_len, contract, pack_len)
+    if pack_len:
+        check_packing(engine, encoder, engine.device, model_args.model_name_or_path)
+    source = MicroBatchSource(sampler, encoder, shard, args.per_device_train_batch_size, args.grad_cache_chunk_size,
+                              is_text(dataset), with_teacher, engine.device, args.grad_cache_max_tokens)
     return TrainingSetup(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir,
                          states_dir, recorded, eval_set)
 
@@ -158,7 +162,8 @@ def training_info(model_args, data_args, args, setup: TrainingSetup) -> dict:
             "learning_rate": args.learning_rate, "total_steps": setup.total_steps,
             "zero_stage": ds_config.zero_stage(setup.config), "bf16": args.bf16, "fp16": args.fp16,
             "world_size": setup.source.shard.world, "collaborative": args.collaborative,
-            "grad_cache_chunk_size": args.grad_cache_chunk_size,
+            "grad_cache_chunk_size": args.grad_cache_chunk_size, "grad_cache_max_tokens": args.grad_cache_max_tokens,
+            "padding_free": data_args.padding_free,
             "score_head": setup.contract.score_head, "template": setup.contract.template_name,
             "lora_r": model_args.lora_r, "gradient_checkpointing": args.gradient_checkpointing}
 
