@@ -165,6 +165,8 @@ BAD_PAIR_INPUTS = {
     "empty input": ("\n", None, "p.jsonl: no pairs"),
     "missing ids": ('{"qry": "a", "psg": "b"}\n', None, "p.jsonl:1: field 'qid': missing (or give the ids file with --ids)"),
     "missing passage": ('{"qid": "q1", "pid": "d1", "qry": "a"}\n', None, "p.jsonl:1: field 'psg': missing"),
+    "number as passage": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": 7}\n', None,
+                          "p.jsonl:1: field 'psg': expected text or a list of token ids, got int"),
     "id with space": ('{"qid": "q 1", "pid": "d1", "qry": "a", "psg": "b"}\n', None, "field 'qid': ids must not"),
     "ids row disagrees": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": "b"}\n'
                           '{"qid": "q1", "pid": "d2", "qry": "a", "psg": "b"}\n',
@@ -222,6 +224,7 @@ def test_bad_model_and_collection_files_are_located(model_dir, collection, tmp_p
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_one_process_result(model_dir, collection, tmp_path):
     single, multi = tmp_path / "single.tsv", tmp_path / "multi.tsv"
     assert rerank(model_dir, *run_args(collection), "--output", single, "--batch_size", 2) == 0
