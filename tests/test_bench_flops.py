@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 from transformers import BertForSequenceClassification
 
+from tests.helpers import ROOT
 from tests.tiny import tiny_config
 
-_spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parents[1] / "bench/common.py")
+_spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench/common.py")
 common = sys.modules["bench_common"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 

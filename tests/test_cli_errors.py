@@ -18,8 +18,7 @@ from bigrerank.data.collection import read_run
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
 from bigrerank.training.evaluation import read_eval_set
-from tests.test_inference import spread_model_dir
-from tests.tiny import tiny_model_dir, write_beir, write_groups
+from tests.tiny import spread_model_dir, tiny_model_dir, write_beir, write_groups
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"), "d3": ("code", "python code")}

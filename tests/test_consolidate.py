@@ -5,10 +5,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from bigrerank import cli
+from bigrerank import cli, distributed
 from bigrerank.checkpoints.consolidate import consolidate
 from bigrerank.errors import InputError
 from tests.dist_harness import run_ranks
+from tests.helpers import train_argv
 from tests.tiny import tiny_model_dir, write_groups
 
 PAIRS = [("weather in new york", "it is cold today in new york"), ("python code", "the code of python is new")]
@@ -45,14 +46,13 @@ def trained(tmp_path_factory):
     model = tiny_model_dir(tmp / "model", init_range=0.2)
     train = write_groups(tmp / "g.jsonl", queries=16)
     runs = {(stage, bf16): tmp / f"zero{stage}-{'bf16' if bf16 else 'fp32'}" for stage, bf16 in CASES}
-    jobs = [(["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(run / "out"),
-              "--ds_config", f"ds_configs/zero{stage}.json", "--train_group_size", "4", "--max_len", "32",
-              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4", "--save_steps", "2",
-              *(["--bf16"] if bf16 else [])], str(run / "live.pt")) for (stage, bf16), run in runs.items()]
+    jobs = [(train_argv(model, train, run / "out", f"zero{stage}", learning_rate="1e-2", max_steps=4, save_steps=2,
+                        bf16=bf16, logging_steps=None), str(run / "live.pt")) for (stage, bf16), run in runs.items()]
     run_ranks(2, _train_and_score_each, jobs)
     return model, runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,bf16", CASES)
 def test_consolidated_model_scores_like_the_live_engine(trained, tmp_path, stage, bf16):
     model, runs = trained
@@ -104,9 +104,7 @@ def _zero0_argv(tmp_path, *extra: str) -> list[str]:
     """A tiny ZeRO-0 training command line into tmp_path/out (model and data written there)."""
     model = tiny_model_dir(tmp_path / "model", init_range=0.2)
     train = write_groups(tmp_path / "g.jsonl", queries=16)
-    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(tmp_path / "out"),
-            "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", *extra]
+    return train_argv(model, train, tmp_path / "out", "zero0", *extra)
 
 
 def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
@@ -114,7 +112,10 @@ def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
 
     out = tmp_path / "out"
     argv = _zero0_argv(tmp_path, "--learning_rate", "1e-3", "--max_steps", "3", "--bf16")
-    run_ranks(1, _train_and_save_masters, argv, str(tmp_path / "masters.pt"))
+    try:
+        _train_and_save_masters(argv, str(tmp_path / "masters.pt"))
+    finally:
+        distributed.teardown(wait_for_others=False)
     masters = torch.load(tmp_path / "masters.pt")
     exported = load_file(str(out / "model.safetensors"))
     assert masters and all(exported[name].dtype == torch.float32 for name in masters)
@@ -133,7 +134,6 @@ def test_exported_files_follow_the_umask(tmp_path):
         assert cli.main(["train", *argv]) == 0
     finally:
         os.umask(previous)
-        from bigrerank import distributed
         distributed.teardown(wait_for_others=False)
     modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir() if path.is_file()}
     assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from bigrerank.contract import ScoringContract, make_encoder, resolve_contract
+from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_jobs
+from tests.helpers import final_weights, initial_state, train_argv
 from tests.reference import (assert_gradients_close, assert_weights_close, difference, reference_state,
                              yes_no_reference)
 from tests.tiny import with_teacher_scores, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
+
+pytestmark = pytest.mark.slow
 
 STEPS, GROUP, PER_RANK, MAX_LEN = 3, 5, 2, 192
 # (arch, head, chunk, collaborative, stage, world)
@@ -61,11 +63,9 @@ def setup(tmp_path_factory):
 
 
 def _argv(model, data, out, head, chunk, collab, stage):
-    return ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
-            "--max_len", str(MAX_LEN), "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
-            "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), "--output_dir", str(out),
-            "--ds_config", f"ds_configs/zero{stage}.json", "--grad_cache_chunk_size", str(chunk),
-            "--score_head", head, *(["--collaborative"] if collab else [])]
+    return train_argv(model, data, out, f"zero{stage}", train_group_size=GROUP, max_len=MAX_LEN, learning_rate="1e-3",
+                      max_steps=STEPS, per_device_train_batch_size=PER_RANK, grad_cache_chunk_size=chunk,
+                      score_head=head, collaborative=collab)
 
 
 def _reference(model_dir, head, data, queries):
@@ -78,24 +78,6 @@ def _reference(model_dir, head, data, queries):
                  "encoder": make_encoder(tokenizer, MAX_LEN, contract)}
     return reference_state(model_dir, data, steps=STEPS, queries_per_micro=queries, accum=1, group_size=GROUP,
                            lr=1e-3, max_len=MAX_LEN, **parts)
-
-
-def _final_weights(run, head, reference: dict, arch_tied: bool) -> tuple[dict, dict]:
-    """(export, reference) on the export's keys: a yes_no export is a classifier whose score row is
-    lm_head[yes] - lm_head[no] of the reference."""
-    final = load_file(str(run / "model.safetensors"))
-    if head == "yes_no":
-        contract = ScoringContract.read(run)
-        head_weight = reference["model.embed_tokens.weight" if arch_tied else "lm_head.weight"]
-        reference = {**reference, "score.weight": (head_weight[contract.yes_token_id]
-                                                   - head_weight[contract.no_token_id]).unsqueeze(0)}
-    return final, {name: reference[name] for name in final}
-
-
-def _initial_state(model_dir) -> dict:
-    files = sorted(model_dir.glob("*.safetensors"))
-    state = {name: tensor for f in files for name, tensor in load_file(str(f)).items()}
-    return state
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -115,8 +97,8 @@ def test_decoder_modes_match_the_plain_reference(setup, world):
             recorded = torch.load(run / "grads" / f"step-{step + 1}.pt")["grads"]
             found = assert_gradients_close(recorded, gradients[step], (run.name, step + 1))
             worst = (max(worst[0], found.global_error), max(worst[1], found.tensor_error))
-        final, reference = _final_weights(run, head, weights, arch == "qwen3")
-        _, initial = _final_weights(run, head, _initial_state(models[(arch, head)]), arch == "qwen3")
+        final, reference = final_weights(run, head, weights, arch == "qwen3")
+        _, initial = final_weights(run, head, initial_state(models[(arch, head)]), arch == "qwen3")
         found = assert_weights_close(final, reference, run.name, gradients, initial)
         moved = difference(initial, reference).global_error
         print(f"{run.name}: weights {found} (training moved them {moved:.1e})")
@@ -156,7 +138,7 @@ def test_bf16_decoders_train_near_the_fp32_reference(setup):
         rows = [json.loads(line) for line in open(run / "train_log.jsonl")]
         assert len(rows) == STEPS and all(r["skipped_steps"] == 0 for r in rows), rows
         weights, _ = _reference(models[(arch, head)], head, data, PER_RANK)
-        final, reference = _final_weights(run, head, weights, arch == "qwen3")
+        final, reference = final_weights(run, head, weights, arch == "qwen3")
         error = difference(final, reference).global_error
         print(f"bf16 {run.name}: weights vs fp32 reference {error:.1e}")
         assert error < 1e-2, (run.name, error)

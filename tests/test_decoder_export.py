@@ -15,9 +15,11 @@ from bigrerank.contract import ScoringContract, make_encoder, resolve_contract
 from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_ranks
-from tests.test_decoder_scoring import PASSAGES, QUERIES
+from tests.helpers import train_argv
 from tests.tiny import write_groups
-from tests.tiny_decoder import tiny_decoder_dir
+from tests.tiny_decoder import PASSAGES, QUERIES, tiny_decoder_dir
+
+pytestmark = pytest.mark.slow
 
 MAX_LEN = 192
 
@@ -62,12 +64,11 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decoder_export")
     model = tiny_decoder_dir(tmp / "qwen3", "qwen3", init_range=0.2)
     data = write_groups(tmp / "groups.jsonl", queries=8, negatives=4)
-    argv = ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", "4", "--max_len",
-            str(MAX_LEN), "--learning_rate", "1e-2", "--max_steps", "3", "--save_steps", "1000",
-            "--per_device_train_batch_size", "2", "--ds_config", "ds_configs/zero3.json",
-            "--collaborative", "--grad_cache_chunk_size", "3", "--template", "qwen3-reranker"]
-    run_ranks(2, _train_and_score, [(argv + ["--output_dir", str(tmp / name), *extra], str(tmp / f"{name}.pt"),
-                                     str(tmp / f"{name}-causal")) for name, extra in VARIANTS.items()])
+    settings = {"max_len": MAX_LEN, "learning_rate": "1e-2", "max_steps": 3, "collaborative": True,
+                "grad_cache_chunk_size": 3, "template": "qwen3-reranker", "logging_steps": None}
+    run_ranks(2, _train_and_score, [(train_argv(model, data, tmp / name, "zero3", *extra, **settings),
+                                     str(tmp / f"{name}.pt"), str(tmp / f"{name}-causal"))
+                                    for name, extra in VARIANTS.items()])
     runs = {name: {"export": tmp / name, "causal": tmp / f"{name}-causal", "live": torch.load(tmp / f"{name}.pt")}
             for name in VARIANTS}
     return {**runs, "base": model, "tmp": tmp}

@@ -14,11 +14,7 @@ from bigrerank.errors import InputError
 from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import load_config, load_reranker, load_tokenizer, pair_scores
 from tests.tiny import tiny_model_dir
-from tests.tiny_decoder import tiny_decoder_dir
-
-QUERIES = ["what is python", "weather in new york", "cold", "0123 what code"]
-PASSAGES = ["python code is what it is", "it is cold today in new york, the weather says",
-            "abcdefghijklmnopqrstuvwxyz", "today"]
+from tests.tiny_decoder import PASSAGES, QUERIES, tiny_decoder_dir
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,7 @@ def test_queries_are_real_and_not_copied_into_their_documents(default_dir):
         assert text not in body  # the docstring was cut out of the source
 
 
+@pytest.mark.slow
 def test_deterministic(default_dir, tmp_path):
     out, _ = default_dir
     again = tmp_path / "again"

@@ -1,10 +1,13 @@
 """The README's main job runs end to end: default data -> BM25 -> prepare -> train -> consolidate -> rerank -> eval."""
 import json
 
+import pytest
+
 from bigrerank import cli
 from tests.tiny import tiny_model_dir
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reports_both_rankings(tmp_path, capsys):
     model = tiny_model_dir(tmp_path / "model", init_range=0.2)
     out = tmp_path / "demo"

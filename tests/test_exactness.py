@@ -17,10 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 from tests.dist_harness import run_jobs
+from tests.helpers import train_argv
 from tests.reference import assert_gradients_close, assert_weights_close, difference, identifiable, reference_state
 from tests.tiny import tiny_model_dir, with_teacher_scores, write_groups
 
+pytestmark = pytest.mark.slow
+
 STEPS, GROUP, PER_RANK = 3, 5, 2
+SETTINGS = {"train_group_size": GROUP, "learning_rate": "1e-3", "max_steps": STEPS,
+            "per_device_train_batch_size": PER_RANK}
 
 
 def _modes(world: int):
@@ -42,15 +47,11 @@ def setup(tmp_path_factory):
 
 def _run_matrix(setup, world):
     tmp, model, data = setup
-    common = ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
-              "--max_len", "32", "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
-              "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK)]
     jobs = []
     for stage, chunk, collab, accum in _modes(world):
         out = tmp / f"w{world}" / _name(stage, chunk, collab, accum)
-        argv = common + ["--output_dir", str(out), "--ds_config", f"ds_configs/zero{stage}.json",
-                         "--gradient_accumulation_steps", str(accum), "--grad_cache_chunk_size", str(chunk)]
-        jobs.append((argv + (["--collaborative"] if collab else []), str(out / "grads")))
+        jobs.append((train_argv(model, data, out, f"zero{stage}", gradient_accumulation_steps=accum,
+                                grad_cache_chunk_size=chunk, collaborative=collab, **SETTINGS), str(out / "grads")))
     run_jobs(world, jobs)
     return tmp / f"w{world}"
 
@@ -94,14 +95,11 @@ def _check_half_precision(setup, precision: str, world: int) -> None:
     import json
 
     tmp, model, data = setup
-    common = ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
-              "--max_len", "32", "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
-              "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), f"--{precision}",
-              *(["--collaborative"] if world > 1 else [])]
     runs = {(stage, chunk): tmp / f"{precision}-w{world}" / f"zero{stage}-chunk{chunk}"
             for stage in (0, 2, 3) for chunk in (0, 4)}
-    run_jobs(world, [common + ["--output_dir", str(out), "--ds_config", _half_precision_config(tmp, stage),
-                               "--grad_cache_chunk_size", str(chunk)] for (stage, chunk), out in runs.items()])
+    run_jobs(world, [train_argv(model, data, out, _half_precision_config(tmp, stage), f"--{precision}",
+                                grad_cache_chunk_size=chunk, collaborative=world > 1, **SETTINGS)
+                     for (stage, chunk), out in runs.items()])
     weights, gradients = reference_state(model, data, steps=STEPS, queries_per_micro=PER_RANK, accum=1,
                                          group_size=GROUP, lr=1e-3)
     final = {key: identifiable(load_file(str(out / "model.safetensors")), gradients) for key, out in runs.items()}
@@ -140,13 +138,10 @@ def test_distillation_matches_the_plain_reference(setup):
     tmp, model, _ = setup
     data = with_teacher_scores(write_groups(tmp / "teacher.jsonl", queries=16, negatives=6))
     modes = [(0, 0, False), (2, 4, False), (2, 0, True), (3, 4, True)]  # (stage, chunk, collaborative)
-    common = ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
-              "--max_len", "32", "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
-              "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), "--loss", "distill"]
     runs = {mode: tmp / "distill" / _name(*mode, 1) for mode in modes}
-    run_jobs(2, [(common + ["--output_dir", str(out), "--ds_config", f"ds_configs/zero{stage}.json",
-                            "--grad_cache_chunk_size", str(chunk), *(["--collaborative"] if collab else [])],
-                  str(out / "grads")) for (stage, chunk, collab), out in runs.items()])
+    run_jobs(2, [(train_argv(model, data, out, f"zero{stage}", loss="distill", grad_cache_chunk_size=chunk,
+                             collaborative=collab, **SETTINGS), str(out / "grads"))
+                 for (stage, chunk, collab), out in runs.items()])
     references = {queries: reference_state(model, data, steps=STEPS, queries_per_micro=queries, accum=1,
                                            group_size=GROUP, lr=1e-3, loss="distill")
                   for queries in (PER_RANK, 2 * PER_RANK)}

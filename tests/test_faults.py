@@ -22,23 +22,8 @@ from bigrerank.distributed import free_port
 from bigrerank.training import trainer
 from bigrerank.training.preemption import PREEMPTED_EXIT_CODE
 from tests.dist_harness import run_jobs, run_ranks
+from tests.helpers import ROOT, launch_env, train_argv
 from tests.tiny import tiny_model_dir, write_groups
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _argv(model, train, out, *extra):
-    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", str(ROOT / "ds_configs/zero2.json"), "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1", *extra]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return env
-
 
 def _wait_for(predicate, timeout: float, proc=None):
     deadline = time.time() + timeout
@@ -67,15 +52,16 @@ def setup(tmp_path_factory):
     return tmp, tiny_model_dir(tmp / "model", dropout=0.1, init_range=0.2), write_groups(tmp / "g.jsonl", 64)
 
 
+@pytest.mark.slow
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_path):
     tmp, model, train = setup
     reference = tmp_path / "reference"
-    run_jobs(1, [_argv(model, train, reference, "--max_steps", "200", "--save_steps", "1000")])
+    run_jobs(1, [train_argv(model, train, reference, "zero2", max_steps=200, learning_rate="1e-3")])
 
     out = tmp_path / "preempted"
-    argv = [sys.executable, str(ROOT / "launch/train.py"), *_argv(model, train, out, "--max_steps", "200",
-                                                                     "--save_steps", "1000")]
-    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, str(ROOT / "launch/train.py"),
+            *train_argv(model, train, out, "zero2", max_steps=200, learning_rate="1e-3")]
+    proc = subprocess.Popen(argv, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert _wait_for(lambda: _log_rows(out) >= 5, 120, proc), proc.stderr.read()
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=120)
@@ -84,7 +70,7 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_exactly(setup, tmp_pa
     assert tags and (out / "checkpoints" / "latest").read_text() == tags[-1]
     assert int(tags[-1].split("-")[1]) < 200 and not (out / "model.safetensors").exists()
 
-    resumed = subprocess.run(argv + ["--resume_from_checkpoint", "latest"], env=_env(), capture_output=True,
+    resumed = subprocess.run(argv + ["--resume_from_checkpoint", "latest"], env=launch_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert _same_weights(out, reference)
@@ -103,7 +89,7 @@ def test_train_returns_a_preempted_result_instead_of_exiting(setup, tmp_path):
             os.kill(os.getpid(), signal.SIGUSR1)
 
     try:
-        result = trainer.train(*parse(_argv(model, train, out, "--max_steps", "10", "--save_steps", "1000")),
+        result = trainer.train(*parse(train_argv(model, train, out, "zero2", max_steps=10, learning_rate="1e-3")),
                                on_reduced=signal_in_step_two)
     finally:
         distributed.teardown(wait_for_others=False)
@@ -112,20 +98,21 @@ def test_train_returns_a_preempted_result_instead_of_exiting(setup, tmp_path):
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler was given back
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setup, tmp_path):
     tmp, model, train = setup
     reference, out = tmp_path / "reference", tmp_path / "killed"
 
     def launch(output_dir, *extra):  # torchrun for both runs: the same (shared-memory) reduction order
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(ROOT / "launch/train.py"), *_argv(model, train, output_dir, "--max_steps", "120",
-                                                                        "--save_steps", "20", "--ddp_timeout", "30"),
-                *extra]
+                str(free_port()), str(ROOT / "launch/train.py"),
+                *train_argv(model, train, output_dir, "zero2", *extra, max_steps=120, save_steps=20, ddp_timeout=30,
+                            learning_rate="1e-3")]
 
-    straight = subprocess.run(launch(reference), env=_env(), capture_output=True, text=True, timeout=600)
+    straight = subprocess.run(launch(reference), env=launch_env(), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    proc = subprocess.Popen(launch(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(launch(out), env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: bool(store.complete_tags(out / "checkpoints")), 180, proc)
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "launch/train.py" in " ".join(c.cmdline())]
     assert len(workers) == 2
@@ -135,7 +122,7 @@ def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(setu
     assert proc.returncode != 0 and time.time() - started < 120
     assert not (out / "model.safetensors").exists()
 
-    rerun = subprocess.run(launch(out, "--resume_from_checkpoint", "latest"), env=_env(), capture_output=True, text=True,
+    rerun = subprocess.run(launch(out, "--resume_from_checkpoint", "latest"), env=launch_env(), capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed_at = [line for line in rerun.stderr.splitlines() if "resumed from" in line]
@@ -156,8 +143,8 @@ def test_non_finite_losses_are_skipped_then_stop_without_a_checkpoint(setup, tmp
     out = tmp_path / "nan"
     try:
         with pytest.raises(RuntimeError, match="3 optimizer steps in a row had a non-finite loss"):
-            trainer.train(*parse(_argv(model, train, out, "--max_steps", "20", "--save_steps", "3",
-                                       "--max_nonfinite_steps", "3")))
+            trainer.train(*parse(train_argv(model, train, out, "zero2", max_steps=20, save_steps=3,
+                                            max_nonfinite_steps=3, learning_rate="1e-3")))
     finally:
         distributed.teardown(wait_for_others=False)
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -200,8 +187,8 @@ def test_no_checkpoint_is_ever_written_from_non_finite_weights(setup, tmp_path):
 
     try:
         with pytest.raises(RuntimeError, match="weights are not finite at step 4: no checkpoint written"):
-            argv = _argv(model, train, out, "--max_steps", "10", "--save_steps", "2")
-            argv[argv.index("--ds_config") + 1] = str(ROOT / "ds_configs/zero0.json")  # the module holds the master
+            # ZeRO-0: the module holds the master weights
+            argv = train_argv(model, train, out, "zero0", max_steps=10, save_steps=2, learning_rate="1e-3")
             trainer.train(*parse(argv), on_reduced=poison_after_step_two)
     finally:
         distributed.teardown(wait_for_others=False)
@@ -227,13 +214,13 @@ def _finite_checks_on_zero3_partitions(argv: list[str], result_file: str):
         Path(result_file).write_text(json.dumps([totals[0], with_nan_padding, with_a_nan_weight]))
 
 
+@pytest.mark.slow
 def test_zero3_partition_padding_is_not_checked_as_weights(setup, tmp_path):
     """ZeRO-3 pads a parameter's last partitions with uninitialised memory (any bits, NaN included): the
     finite-weights check before each checkpoint reads only the weights, so it is neither fooled by the padding
     nor blind to a NaN weight on another rank."""
     tmp, model, train = setup
-    argv = _argv(model, train, tmp_path / "out", "--max_steps", "2", "--save_steps", "1000")
-    argv[argv.index("--ds_config") + 1] = str(ROOT / "ds_configs/zero3.json")
+    argv = train_argv(model, train, tmp_path / "out", "zero3", max_steps=2, learning_rate="1e-3")
     run_ranks(2, _finite_checks_on_zero3_partitions, argv, str(tmp_path / "result.json"))
     padded, with_nan_padding, with_a_nan_weight = json.loads((tmp_path / "result.json").read_text())
     assert padded > 0  # the classifier bias (1 value) alone pads rank 1's partition
@@ -261,9 +248,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_skips_that_update(setup, tmp_p
             grad[0, 0] = float("inf")
             safe_set_full_grad(weight, grad)
 
-    argv = _argv(model, train, out, "--max_steps", "5", "--save_steps", "1000",
-                 *(["--bf16"] if precision == "bf16" else []))
-    argv[argv.index("--ds_config") + 1] = str(ROOT / f"ds_configs/zero{stage}.json")
+    argv = train_argv(model, train, out, f"zero{stage}", max_steps=5, bf16=precision == "bf16", learning_rate="1e-3")
     try:
         trainer.train(*parse(argv), on_reduced=poison_step_two)
     finally:

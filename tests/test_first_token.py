@@ -98,6 +98,7 @@ def test_models_it_does_not_cover_are_named_and_scored_by_their_own_forward(tmp_
         torch.testing.assert_close(reranker(inputs).logits, distil(**inputs).logits, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # the first torch.compile of a process: over a minute on 2 busy cores
 def test_compiled_scoring_matches_eager(tmp_path):
     model_dir = tiny_model_dir(tmp_path / "model", init_range=0.2)
     queries = ["weather in new york", "python code", "what is it", "cold today"] * 3

@@ -93,6 +93,7 @@ def test_rrf_matches_reciprocal_ranks_by_hand(split):
         assert fused[q] == pytest.approx(expected, abs=1e-8)
 
 
+@pytest.mark.slow
 def test_optimise_on_one_split_then_apply_the_saved_weights_to_another(split, capsys):
     train_out = split["dir"] / "train.fused.trec"
     assert fuse("--runs", split["a"], split["b"], "--optimize_on", split["qrels"], "--output", train_out) == 0

@@ -31,10 +31,50 @@ def _mutate(record: dict, path: list, value) -> dict:
     return record
 
 
-GROUP_CASES = [(GOOD_GROUP, path) for path in (["qry"], ["qry", "qid"], ["qry", "query"], ["pos"], ["pos", 0],
-                                                ["pos", 0, "pid"], ["pos", 0, "passage"], ["neg"], ["neg", 1, "passage"])]
-GROUP_CASES += [(GOOD_FLAG, path) for path in (["query"], ["pos"], ["pos", 0], ["neg"], ["neg", 1])]
-PAIR_PATHS = [["qid"], ["pid"], ["qry"], ["psg"]]
+# (good line, mutated path, what the value must be, the fields an error may name)
+GROUP_CASES = [(GOOD_GROUP, ["qry"], None, ("qry", "qid")), (GOOD_GROUP, ["qry", "qid"], "id", ("qid",)),
+               (GOOD_GROUP, ["qry", "query"], "ids", ("query",)), (GOOD_GROUP, ["pos"], None, ("pos",)),
+               (GOOD_GROUP, ["pos", 0], None, ("pos[0]",)), (GOOD_GROUP, ["pos", 0, "pid"], "id", ("pos[0].pid",)),
+               (GOOD_GROUP, ["pos", 0, "passage"], "ids", ("pos[0].passage",)), (GOOD_GROUP, ["neg"], None, ("neg",)),
+               (GOOD_GROUP, ["neg", 1, "passage"], "ids", ("neg[1].passage",)),
+               (GOOD_FLAG, ["query"], "ids", ("query",)), (GOOD_FLAG, ["pos"], None, ("pos",)),
+               (GOOD_FLAG, ["pos", 0], "ids", ("pos[0]",)), (GOOD_FLAG, ["neg"], None, ("neg",)),
+               (GOOD_FLAG, ["neg", 1], "ids", ("neg[1]",))]
+SECOND_PAIR = {**GOOD_PAIR, "qid": "q2", "pid": "p2"}  # another pair: a mutated line is never a duplicate by accident
+PAIR_CASES = [(["qid"], "plain id"), (["pid"], "plain id"), (["qry"], "content"), (["psg"], "content")]
+
+
+def _accepted(kind: str | None, value):
+    """The value as the reader must keep it, or None where it must be refused. An id is a non-blank string or an
+    integer (read as its decimal string); a plain id has no whitespace either; token ids are a non-empty list of
+    integers in [0, VOCAB); content is non-blank text or token ids. Objects and lists of passages (kind None) hold
+    no value of a scalar type."""
+    ids = isinstance(value, list) and value and all(type(t) is int and 0 <= t < VOCAB for t in value)
+    as_id = str(value) if type(value) is int else value if isinstance(value, str) and value.strip() else None
+    if kind == "id":
+        return as_id
+    if kind == "plain id":
+        return as_id if as_id is not None and as_id == "".join(as_id.split()) else None
+    if kind == "ids":
+        return value if ids else None
+    if kind == "content":
+        return value if ids or (isinstance(value, str) and value.strip()) else None
+    return None
+
+
+def _read_back(record: dict, path: list):
+    """The value at `path` in a converted record ({qid, query, pos: [{pid, passage}], neg}): the Reranker's `qry`
+    is flattened, FlagEmbedding's bare passages are wrapped."""
+    node = record
+    for key in path[1:] if path[0] == "qry" else path:
+        node = node[key]
+    return node["passage"] if isinstance(node, dict) else node
+
+
+def _assert_located(error: InputError, path, fields) -> None:
+    assert error.path == str(path) and error.line == 2, str(error)
+    assert error.field is not None and error.field.startswith(fields), str(error)
+    assert str(error).startswith(f"{path}:2: field '{error.field}': "), str(error)
 
 
 def _still_json(data: bytes) -> bool:
@@ -57,11 +97,21 @@ def _check(path, reader):
 @FUZZ
 @given(case=st.sampled_from(GROUP_CASES), value=ODD_VALUES)
 def test_grouped_format_wrong_types(tmp_path_factory, case, value):
-    good, where = case
+    """A value of the wrong type is refused naming file, line and field; one of the right type is kept (an
+    integer id as its decimal string)."""
+    good, where, kind, fields = case
     tmp = tmp_path_factory.mktemp("g")
     path = tmp / "train.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps(_mutate(good, where, value)) + "\n")
-    _check(path, lambda: load_groups(path, VOCAB, 3, cache_dir=str(tmp / "cache")))
+    expected = _accepted(kind, value)
+    try:
+        dataset = load_groups(path, VOCAB, 3, cache_dir=str(tmp / "cache"))
+    except InputError as e:
+        assert expected is None, f"{value!r} at {where} refused: {e}"
+        _assert_located(e, path, fields)
+    else:
+        assert expected is not None, f"{value!r} at {where} accepted"
+        assert len(dataset) == 2 and _read_back(dataset[1], where) == expected
 
 
 @FUZZ
@@ -77,11 +127,24 @@ def test_grouped_format_truncations_and_bad_bytes(tmp_path_factory, cut, junk):
 
 
 @FUZZ
-@given(where=st.sampled_from(PAIR_PATHS), value=ODD_VALUES)
-def test_pair_format_wrong_types(tmp_path_factory, where, value):
+@given(case=st.sampled_from(PAIR_CASES), value=ODD_VALUES)
+def test_pair_format_wrong_types(tmp_path_factory, case, value):
+    """A value of the wrong type is refused naming file, line and field; one of the right type is kept (an
+    integer id as its decimal string)."""
+    (field,), kind = case
     path = tmp_path_factory.mktemp("p") / "pairs.jsonl"
-    path.write_text(json.dumps(GOOD_PAIR) + "\n" + json.dumps(_mutate(GOOD_PAIR, where, value)) + "\n")
-    _check(path, lambda: read_pair_candidates(path, VOCAB))
+    path.write_text(json.dumps(GOOD_PAIR) + "\n" + json.dumps(_mutate(SECOND_PAIR, [field], value)) + "\n")
+    expected = _accepted(kind, value)
+    try:
+        candidates = read_pair_candidates(path, VOCAB)
+    except InputError as e:
+        assert expected is None, f"{value!r} as {field} refused: {e}"
+        _assert_located(e, path, (field,))
+    else:
+        assert expected is not None, f"{value!r} as {field} accepted"
+        second = [c for c in candidates if (c.qid, c.pid) != ("q1", "p1")]
+        attribute = {"qid": "qid", "pid": "pid", "qry": "query", "psg": "passage"}[field]
+        assert len(candidates) == 2 and getattr(second[0], attribute) == expected
 
 
 @FUZZ

@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from bigrerank import RerankerForInference
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.sharded_scoring import length_sorted_batches
-from tests.tiny import tiny_model_dir
+from tests.tiny import spread_model_dir
 
 QUERIES = ["weather in new york", "python code", "what is the code of python", "cold"]
 PASSAGES = ["it is cold today in new york", "what is python", "the code of python is new in york today " * 3, "x"]
-
-
-def spread_model_dir(directory, seed: int = 0):
-    """A tiny reranker whose scores differ clearly between pairs (random init at std 0.02 gives near-constants)."""
-    tiny_model_dir(directory, seed=seed)
-    model = AutoModelForSequenceClassification.from_pretrained(directory)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    model.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

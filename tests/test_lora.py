@@ -20,11 +20,13 @@ from transformers import AutoTokenizer
 
 from bigrerank.data.pairs import PairEncoder
 from tests.dist_harness import run_jobs
+from tests.helpers import final_weights, initial_state, train_argv
 from tests.reference import assert_gradients_close, assert_weights_close, reference_state, yes_no_reference
-from tests.test_decoder_exactness import _final_weights, _initial_state
 from tests.tiny import tiny_model_dir, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
+
+pytestmark = pytest.mark.slow
 
 STEPS, GROUP, PER_RANK, R, ALPHA = 3, 5, 2, 4, 8.0
 MAX_LEN = {"classifier": 32, "yes_no": 192}  # the yes_no prompt (qwen3-reranker) is ~100 tokens by itself
@@ -79,18 +81,13 @@ def models(tmp_path_factory):
     return tmp, dirs, write_groups(tmp / "groups.jsonl", queries=16, negatives=6)
 
 
-def _argv(model, data, out, max_len, *extra):
-    return ["--model_name_or_path", str(model), "--train_path", str(data), "--train_group_size", str(GROUP),
-            "--max_len", str(max_len), "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--logging_steps", "1",
-            "--save_steps", "1000", "--per_device_train_batch_size", str(PER_RANK), "--output_dir", str(out), *extra]
-
-
 def _job(mode: Mode, model, data, out):
-    extra = ["--ds_config", f"ds_configs/zero{mode.stage}.json", "--grad_cache_chunk_size", str(mode.chunk),
-             "--gradient_accumulation_steps", str(mode.accum), "--score_head", mode.head,
-             *(["--collaborative"] if mode.collab else []), *(["--gradient_checkpointing"] if mode.ckpt else []),
-             *(["--lora_r", str(R), "--lora_alpha", str(ALPHA), "--lora_dropout", "0"] if mode.lora else [])]
-    return _argv(model, data, out, MAX_LEN[mode.head], *extra), str(out / "grads")
+    lora = {"lora_r": R, "lora_alpha": ALPHA, "lora_dropout": 0} if mode.lora else {}
+    argv = train_argv(model, data, out, f"zero{mode.stage}", train_group_size=GROUP, max_len=MAX_LEN[mode.head],
+                      learning_rate="1e-3", max_steps=STEPS, per_device_train_batch_size=PER_RANK,
+                      grad_cache_chunk_size=mode.chunk, gradient_accumulation_steps=mode.accum, score_head=mode.head,
+                      collaborative=mode.collab, gradient_checkpointing=mode.ckpt, **lora)
+    return argv, str(out / "grads")
 
 
 def _reference(mode: Mode, model_dir, data, queries):
@@ -109,8 +106,8 @@ def _exported(run, mode: Mode, weights: dict, model_dir) -> tuple[dict, dict, di
     is lm_head[yes] - lm_head[no] (tests/test_decoder_exactness.py)."""
     if mode.head == "yes_no":
         tied = mode.arch == "qwen3"
-        final, reference = _final_weights(run, "yes_no", weights, tied)
-        return final, reference, _final_weights(run, "yes_no", _initial_state(model_dir), tied)[1]
+        final, reference = final_weights(run, "yes_no", weights, tied)
+        return final, reference, final_weights(run, "yes_no", initial_state(model_dir), tied)[1]
     return load_file(str(run / "model.safetensors")), weights, load_file(str(model_dir / "model.safetensors"))
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bigrerank import cli, lora
+from bigrerank import cli, distributed, lora
 from bigrerank.data.pairs import PairEncoder
 from bigrerank.losses import lce_loss
 from bigrerank.model import load_reranker, pair_scores
@@ -18,20 +18,14 @@ from bigrerank.rng import RngState
 from bigrerank.training.batches import MicroBatch
 from bigrerank.training.steps import micro_batch_step
 from tests.dist_harness import run_jobs, run_ranks
-from tests.test_training import CONFIGS, _losses, assert_resumed_exactly, straight_and_resumed
+from tests.helpers import CONFIGS, assert_resumed_exactly, straight_and_resumed, train_argv, train_losses
 from tests.tiny import tiny_model_dir, tiny_tokenizer, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
 
 PAIRS = [("weather in new york", "it is cold today in new york and the code is new"), ("python code", "the code")]
-LORA = ["--lora_r", "4", "--lora_alpha", "8"]
-
-
-def _argv(model, train, out, config, *extra, lora_flags=LORA):
-    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", f"ds_configs/{config}.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--warmup_steps", "2",
-            "--logging_steps", "1", "--save_steps", "1000", *lora_flags, *extra]
+# rank-4 adapters at a high learning rate
+LORA_RUN = {"lora_r": 4, "lora_alpha": 8, "learning_rate": "1e-2", "warmup_steps": 2}
 
 
 def _batch(tokenizer):
@@ -56,14 +50,15 @@ def _train_and_keep_live(argv: list[str], out_file: str):
         torch.save({"trained": trained, "scores": scores.float()}, out_file)
 
 
+@pytest.mark.slow
 def test_zero3_adapters_export_whole_and_the_exports_score_like_the_live_engine(tmp_path):
     from peft import PeftModel, get_peft_model
 
     model = tiny_decoder_reranker_dir(tmp_path / "qwen3", "qwen3")
     train = write_groups(tmp_path / "g.jsonl", queries=16)
     out = tmp_path / "out"
-    argv = _argv(model, train, out, "zero3", "--max_steps", "4", "--gradient_checkpointing", "--collaborative",
-                 "--grad_cache_chunk_size", "3")
+    argv = train_argv(model, train, out, "zero3", max_steps=4, gradient_checkpointing=True, collaborative=True,
+                      grad_cache_chunk_size=3, **LORA_RUN)
     run_ranks(2, _train_and_keep_live, argv, str(tmp_path / "live.pt"))
     live = torch.load(tmp_path / "live.pt")
     adapter = tmp_path / "adapter"
@@ -95,7 +90,10 @@ def test_zero3_adapters_export_whole_and_the_exports_score_like_the_live_engine(
 
 def test_adapter_only_needs_a_lora_checkpoint(tmp_path, capsys):
     model, train = tiny_model_dir(tmp_path / "m"), write_groups(tmp_path / "g.jsonl", queries=8)
-    run_jobs(1, [_argv(model, train, tmp_path / "out", "zero0", "--max_steps", "1", lora_flags=[])])
+    try:
+        assert cli.main(["train", *train_argv(model, train, tmp_path / "out", "zero0", max_steps=1)]) == 0
+    finally:
+        distributed.teardown(wait_for_others=False)
     assert cli.main(["consolidate", str(tmp_path / "out" / "checkpoints"), str(tmp_path / "a"), "--adapter_only"]) == 2
     assert "--adapter_only: this checkpoint was not trained with LoRA" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
@@ -141,6 +139,7 @@ def test_checkpointed_cached_step_replays_dropout_and_matches_a_plain_backward(t
     assert not torch.equal(torch.cat([pair_scores(model, b) for b in batches]).view(2, 4).detach(), result.scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world,config", [(2, "zero3"), (1, "zero2_offload"), (2, "zero3_offload")])
 def test_lora_resume_is_exact(tmp_path, world, config):
     """6 steps straight == 3 steps, checkpoint, resume, 3 steps: LoRA with dropout, checkpointing, gradient cache."""
@@ -149,11 +148,12 @@ def test_lora_resume_is_exact(tmp_path, world, config):
     extra = ["--lora_dropout", "0.1", "--gradient_checkpointing", "--grad_cache_chunk_size", "3"]
 
     def argv(out, *flags):
-        return _argv(model, train, out, config, *extra, *flags)
+        return train_argv(model, train, out, config, *extra, *flags, **LORA_RUN)
 
     assert_resumed_exactly(*straight_and_resumed(tmp_path, {config: (world, argv)})[config])
 
 
+@pytest.mark.slow
 def test_lora_trains_on_every_config(tmp_path):
     """Two ranks, collaborative, cached, checkpointed, accumulation 2: ZeRO-1, ZeRO-2 and ZeRO-3 offload in fp32,
     ZeRO-0, ZeRO-3 and both offload configs in bf16 (every shipped config at least once), and a yes_no decoder
@@ -164,14 +164,14 @@ def test_lora_trains_on_every_config(tmp_path):
     assert {config for config, _ in modes} == set(CONFIGS)
     flags = ["--max_steps", "10", "--collaborative", "--grad_cache_chunk_size", "3", "--gradient_checkpointing",
              "--gradient_accumulation_steps", "2"]
-    runs = {f"{c}-{p}": _argv(model, train, tmp_path / f"{c}-{p}", c, *flags, *(["--bf16"] if p == "bf16" else []))
+    runs = {f"{c}-{p}": train_argv(model, train, tmp_path / f"{c}-{p}", c, *flags, bf16=p == "bf16", **LORA_RUN)
             for c, p in modes}
     decoder = tiny_decoder_dir(tmp_path / "qwen3", "qwen3", init_range=0.2)
-    runs["yes_no-zero3-bf16"] = _argv(decoder, train, tmp_path / "yes_no-zero3-bf16", "zero3", *flags, "--bf16",
-                                      "--score_head", "yes_no", "--max_len", "192")
+    runs["yes_no-zero3-bf16"] = train_argv(decoder, train, tmp_path / "yes_no-zero3-bf16", "zero3", *flags,
+                                           "--bf16", "--score_head", "yes_no", "--max_len", "192", **LORA_RUN)
     run_jobs(2, list(runs.values()))
     for name in runs:
-        losses = _losses(tmp_path / name)
+        losses = train_losses(tmp_path / name)
         assert len(losses) == 10 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), (name, losses)
         assert (tmp_path / name / "model.safetensors").is_file()
 
@@ -184,7 +184,8 @@ def test_lora_trains_on_every_config(tmp_path):
 ])
 def test_bad_lora_flags_stop_before_training(tmp_path, capsys, flags, expected):
     model, train = tiny_model_dir(tmp_path / "m"), write_groups(tmp_path / "g.jsonl", queries=8)
-    assert cli.main(["train", *_argv(model, train, tmp_path / "out", "zero2", "--max_steps", "1"), *flags]) == 2
+    assert cli.main(["train", *train_argv(model, train, tmp_path / "out", "zero2", max_steps=1, **LORA_RUN),
+                     *flags]) == 2
     err = capsys.readouterr().err
     assert "bigrerank train: error: " in err and expected in err, err
     assert not torch.distributed.is_initialized() and not (tmp_path / "out").exists()
@@ -195,8 +196,8 @@ def test_yes_no_lora_refuses_head_targets_before_training(tmp_path, capsys, targ
     """The yes_no contract trains the causal LM: its LM head (the answer rows) is no LoRA target, and a sequence
     classifier's `score` is not in it; both are refused before any process group starts."""
     decoder, train = tiny_decoder_dir(tmp_path / "qwen3", "qwen3"), write_groups(tmp_path / "g.jsonl", queries=8)
-    argv = _argv(decoder, train, tmp_path / "out", "zero2", "--max_steps", "1", "--score_head", "yes_no",
-                 "--max_len", "192", "--lora_r", "4", "--lora_target_modules", target)
+    argv = train_argv(decoder, train, tmp_path / "out", "zero2", "--max_steps", "1", "--score_head", "yes_no",
+                      "--max_len", "192", "--lora_r", "4", "--lora_target_modules", target, **LORA_RUN)
     assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert f"--lora_target_modules: the model has no module '{target}'" in err and "self_attn.q_proj" in err, err

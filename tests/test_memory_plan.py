@@ -214,6 +214,7 @@ def _lora_layer_saved_bytes(dropout: float, tokens: int) -> int:
     return saved(2) - saved(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_lora_activations_match_saved_tensors(dropout):
     """LoRA adds each adapter's dropout mask and dropped input and lora_A's output, as autograd keeps them.
@@ -263,6 +264,7 @@ def test_json_keys_and_suggestion_fits_when_applied(tiny_dir, capsys):
     assert at_max["fits"] and not over["fits"]
 
 
+@pytest.mark.slow
 def test_json_stdout_is_one_object_in_a_fresh_process(tiny_dir):
     """DeepSpeed's import prints its accelerator notice to stdout: with --json it goes to stderr instead."""
     argv = [*_argv(tiny_dir, "--gpus_per_node", "0"), "--ds_config", "ds_configs/zero3.json"]  # DeepSpeed estimates

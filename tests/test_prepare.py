@@ -5,43 +5,8 @@ import pytest
 
 from bigrerank.cli import main as cli
 from bigrerank.data.prepare import ids_path
-from tests.tiny import tiny_tokenizer, write_beir
-
-CORPUS = {
-    "d1": ("Weather", "new york is cold today"),
-    "d2": ("", "the weather of new york"),
-    "d3": ("Python", "python code"),
-    "d4": ("", "what is the weather"),
-    "d5": ("", "it is cold in york"),
-    "d6": ("", "today is new"),
-}
-QUERIES = {"q1": "weather in new york", "q2": "python code", "q3": "cold today", "q4": "what is new"}
-# graded: q1 has d1 (2) and d2 (1) relevant, d4 judged non-relevant (0)
-QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t1\nq1\td4\t0\nq2\td3\t1\nq3\td5\t0\nq9\td1\t1\n"
-RUN = [("q1", ["d2", "d4", "d5", "d1", "d6", "d3"]), ("q2", ["d3"]), ("q3", ["d5", "d6"]), ("q4", ["d6", "d4", "d2"]),
-       ("q8", ["d1"])]
-
-
-def _write(tmp_path, corpus=CORPUS, queries=QUERIES, qrels=QRELS, run=RUN):
-    write_beir(tmp_path, corpus, queries)
-    (tmp_path / "qrels.tsv").write_text(qrels)
-    with open(tmp_path / "run.trec", "w") as f:
-        for qid, docs in run:
-            for rank, doc_id in enumerate(docs, start=1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {10 - rank} bm25\n")
-    return tmp_path
-
-
-def _train(tmp_path, *extra, out="train.jsonl"):
-    argv = ["prepare", "train", "--corpus", str(tmp_path / "corpus.jsonl"), "--queries", str(tmp_path / "queries.jsonl"),
-            "--qrels", str(tmp_path / "qrels.tsv"), "--run", str(tmp_path / "run.trec"), "--out", str(tmp_path / out),
-            *extra]
-    return cli(argv)
-
-
-def _read(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
+from tests.helpers import CORPUS, prepare_train, read_jsonl, write_prepare_inputs
+from tests.tiny import tiny_tokenizer
 
 @pytest.fixture
 def tokenizer_dir(tmp_path_factory):
@@ -51,9 +16,9 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def test_train_positives_negatives_and_skips(tmp_path, capsys):
-    _write(tmp_path)
-    assert _train(tmp_path) == 0
-    groups = {g["qry"]["qid"]: g for g in _read(tmp_path / "train.jsonl")}
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path) == 0
+    groups = {g["qry"]["qid"]: g for g in read_jsonl(tmp_path / "train.jsonl")}
     assert list(groups) == ["q1"]
     q1 = groups["q1"]
     assert q1["qry"] == {"qid": "q1", "query": "weather in new york"}
@@ -70,19 +35,19 @@ def test_train_positives_negatives_and_skips(tmp_path, capsys):
 
 
 def test_train_min_relevance_depth_and_negative_cap(tmp_path):
-    _write(tmp_path)
-    assert _train(tmp_path, "--min_relevance", "2", "--depth", "3", "--negatives", "1") == 0
-    (q1,) = _read(tmp_path / "train.jsonl")
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path, "--min_relevance", "2", "--depth", "3", "--negatives", "1") == 0
+    (q1,) = read_jsonl(tmp_path / "train.jsonl")
     assert [p["pid"] for p in q1["pos"]] == ["d1"]
     assert [n["pid"] for n in q1["neg"]] == ["d4"]  # d2 (grade 1) is excluded although not a positive
 
 
 def test_train_token_ids_agree_with_text(tmp_path, tokenizer_dir):
-    _write(tmp_path)
-    assert _train(tmp_path) == 0
-    assert _train(tmp_path, "--tokenizer", str(tokenizer_dir), "--max_len", "8", out="ids.jsonl") == 0
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path) == 0
+    assert prepare_train(tmp_path, "--tokenizer", str(tokenizer_dir), "--max_len", "8", out="ids.jsonl") == 0
     tokenizer = tiny_tokenizer()
-    text_groups, id_groups = _read(tmp_path / "train.jsonl"), _read(tmp_path / "ids.jsonl")
+    text_groups, id_groups = read_jsonl(tmp_path / "train.jsonl"), read_jsonl(tmp_path / "ids.jsonl")
     assert len(text_groups) == len(id_groups)
     for text, ids in zip(text_groups, id_groups):
         expected = tokenizer(text["qry"]["query"], add_special_tokens=False)["input_ids"][:8]
@@ -96,9 +61,9 @@ def test_train_token_ids_agree_with_text(tmp_path, tokenizer_dir):
 
 def test_tokenization_in_parallel_matches_serial(tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    _write(tmp_path)
-    assert _train(tmp_path, "--tokenizer", str(tokenizer_dir), out="serial.jsonl") == 0
-    assert _train(tmp_path, "--tokenizer", str(tokenizer_dir), "--num_proc", "2", out="parallel.jsonl") == 0
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path, "--tokenizer", str(tokenizer_dir), out="serial.jsonl") == 0
+    assert prepare_train(tmp_path, "--tokenizer", str(tokenizer_dir), "--num_proc", "2", out="parallel.jsonl") == 0
     assert (tmp_path / "serial.jsonl").read_text() == (tmp_path / "parallel.jsonl").read_text()
 
 
@@ -108,9 +73,9 @@ def _rerank(tmp_path, *extra, out="pairs.jsonl"):
 
 
 def test_rerank_pairs_and_ids_file_agree(tmp_path, capsys):
-    _write(tmp_path)
+    write_prepare_inputs(tmp_path)
     assert _rerank(tmp_path, "--depth", "2") == 0
-    pairs = _read(tmp_path / "pairs.jsonl")
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
     ids = [tuple(line.split("\t")) for line in (tmp_path / "pairs.ids.tsv").read_text().splitlines()]
     assert ids == [(p["qid"], p["pid"]) for p in pairs]
     assert ids == [("q1", "d2"), ("q1", "d4"), ("q2", "d3"), ("q3", "d5"), ("q3", "d6"), ("q4", "d6"), ("q4", "d4")]
@@ -119,9 +84,9 @@ def test_rerank_pairs_and_ids_file_agree(tmp_path, capsys):
 
 
 def test_rerank_token_ids(tmp_path, tokenizer_dir):
-    _write(tmp_path)
+    write_prepare_inputs(tmp_path)
     assert _rerank(tmp_path, "--depth", "1", "--tokenizer", str(tokenizer_dir), "--max_len", "4") == 0
-    first = _read(tmp_path / "pairs.jsonl")[0]
+    first = read_jsonl(tmp_path / "pairs.jsonl")[0]
     tokenizer = tiny_tokenizer()
     assert first["qry"] == tokenizer("weather in new york", add_special_tokens=False)["input_ids"][:4]
     assert first["psg"] == tokenizer("the weather of new york", add_special_tokens=False)["input_ids"][:4]
@@ -143,40 +108,41 @@ def _assert_nothing_written(tmp_path):
     (dict(qrels="q1\t0\td1\t0\n"), "qrels.tsv: no query has both a positive and a negative"),
 ])
 def test_train_bad_input_is_located_and_writes_nothing(tmp_path, capsys, case, message):
-    _write(tmp_path, **case)
-    assert _train(tmp_path) == 2
+    write_prepare_inputs(tmp_path, **case)
+    assert prepare_train(tmp_path) == 2
     assert message in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 
 
 def test_duplicate_and_malformed_corpus_lines(tmp_path, capsys):
-    _write(tmp_path)
+    write_prepare_inputs(tmp_path)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(corpus.read_text() + '{"_id": "d1", "text": "again"}\n')
-    assert _train(tmp_path) == 2 and "corpus.jsonl:7: duplicate document id 'd1'" in capsys.readouterr().err
+    assert prepare_train(tmp_path) == 2 and "corpus.jsonl:7: duplicate document id 'd1'" in capsys.readouterr().err
     corpus.write_text('{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "broken\n')
     assert _rerank(tmp_path) == 2 and "corpus.jsonl:2: malformed JSON" in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 
 
 def test_rerank_bad_run_writes_neither_file(tmp_path, capsys):
-    _write(tmp_path, run=[("q1", ["d1", "d2"]), ("q2", ["nope"])])
+    write_prepare_inputs(tmp_path, run=[("q1", ["d1", "d2"]), ("q2", ["nope"])])
     assert _rerank(tmp_path) == 2
     assert "run.trec:3: field 'corpus-id': unknown document id 'nope'" in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 
 
 def test_rerank_with_no_known_query_is_an_error(tmp_path, capsys):
-    _write(tmp_path, run=[("q8", ["d1"])])
+    write_prepare_inputs(tmp_path, run=[("q8", ["d1"])])
     assert _rerank(tmp_path) == 2
     assert "nothing to rerank" in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 
 
 def test_usage_and_bad_counts(tmp_path, capsys):
-    _write(tmp_path)
+    write_prepare_inputs(tmp_path)
     assert cli(["prepare"]) == 2 and "usage: bigrerank prepare {train|rerank}" in capsys.readouterr().err
-    assert _train(tmp_path, "--negatives", "0") == 2 and "--negatives must be at least 1" in capsys.readouterr().err
+    assert prepare_train(tmp_path, "--negatives", "0") == 2
+    assert "--negatives must be at least 1" in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 
 
@@ -188,7 +154,7 @@ def test_ms_marco_tsv_inputs(tmp_path):
     code = cli(["prepare", "train", "--corpus", str(tmp_path / "collection.tsv"), "--queries", str(tmp_path / "queries.tsv"),
                 "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "run.tsv"), "--out", str(tmp_path / "t.jsonl")])
     assert code == 0
-    (group,) = _read(tmp_path / "t.jsonl")
+    (group,) = read_jsonl(tmp_path / "t.jsonl")
     assert group["pos"] == [{"pid": "d1", "passage": "new york is cold today"}]
     assert [n["pid"] for n in group["neg"]] == ["d2", "d5"]
 
@@ -196,7 +162,7 @@ def test_ms_marco_tsv_inputs(tmp_path):
 def test_documents_without_title_or_text_are_left_out_and_counted(tmp_path, capsys):
     corpus = dict(CORPUS)
     corpus["d6"] = ("", "  ")  # ranked by the run for q1 and q4
-    _write(tmp_path, corpus=corpus)
+    write_prepare_inputs(tmp_path, corpus=corpus)
     out = tmp_path / "train.jsonl"
     assert cli(["prepare", "train", "--corpus", str(tmp_path / "corpus.jsonl"), "--queries",
                 str(tmp_path / "queries.jsonl"), "--qrels", str(tmp_path / "qrels.tsv"), "--run",
@@ -207,7 +173,7 @@ def test_documents_without_title_or_text_are_left_out_and_counted(tmp_path, caps
 
 
 def test_a_missing_tokenizer_is_named_and_nothing_is_written(tmp_path, capsys):
-    _write(tmp_path)
-    assert _train(tmp_path, "--tokenizer", str(tmp_path / "no_tokenizer")) == 2
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path, "--tokenizer", str(tmp_path / "no_tokenizer")) == 2
     assert f"{tmp_path / 'no_tokenizer'}: no such directory" in capsys.readouterr().err
     assert not (tmp_path / "train.jsonl").exists()

@@ -8,7 +8,7 @@ import pytest
 from bigrerank.data.grouped import load_groups
 from bigrerank.data.negatives import RandomNegatives
 from bigrerank.inference.reranker import RerankerForInference
-from tests.test_prepare import CORPUS, _read, _train, _write
+from tests.helpers import CORPUS, prepare_train, read_jsonl, write_prepare_inputs
 from tests.tiny import tiny_model_dir
 
 # 40 more documents, so that a random draw has a real choice
@@ -16,28 +16,28 @@ BIG_CORPUS = {**CORPUS, **{f"r{i:02d}": ("", f"filler text {i}") for i in range(
 
 
 def negatives_by_query(path):
-    return {g["qry"]["qid"]: [n["pid"] for n in g["neg"]] for g in _read(path)}
+    return {g["qry"]["qid"]: [n["pid"] for n in g["neg"]] for g in read_jsonl(path)}
 
 
 def test_negatives_from_skips_the_top_ranks(tmp_path, capsys):
-    _write(tmp_path)
-    assert _train(tmp_path, "--negatives_from", "3") == 0
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path, "--negatives_from", "3") == 0
     # q1's run: d2 d4 | d5 d1 d6 d3 -- ranks 1-2 skipped, d1 (judged relevant) never a negative
     assert negatives_by_query(tmp_path / "train.jsonl") == {"q1": ["d5", "d6", "d3"]}
-    assert _train(tmp_path, "--negatives_from", "6", "--depth", "6", out="deep.jsonl") == 0
+    assert prepare_train(tmp_path, "--negatives_from", "6", "--depth", "6", out="deep.jsonl") == 0
     assert negatives_by_query(tmp_path / "deep.jsonl") == {"q1": ["d3"]}
     capsys.readouterr()
-    assert _train(tmp_path, "--negatives_from", "2", "--depth", "2", out="none.jsonl") == 0
+    assert prepare_train(tmp_path, "--negatives_from", "2", "--depth", "2", out="none.jsonl") == 0
     # q1's rank 2 is d4 (grade 0): still a negative; q2's only document is at rank 1: skipped, ranks named
     assert negatives_by_query(tmp_path / "none.jsonl") == {"q1": ["d4"]}
     assert "queries with no unjudged-relevant document in the run's ranks 2-2" in capsys.readouterr().out
 
 
 def test_random_negatives_are_deterministic_distinct_and_never_judged_relevant(tmp_path):
-    _write(tmp_path, corpus=BIG_CORPUS)
-    assert _train(tmp_path, "--random_negatives", "5", "--seed", "7") == 0
-    assert _train(tmp_path, "--random_negatives", "5", "--seed", "7", out="again.jsonl") == 0
-    assert _train(tmp_path, "--random_negatives", "5", "--seed", "8", out="other.jsonl") == 0
+    write_prepare_inputs(tmp_path, corpus=BIG_CORPUS)
+    assert prepare_train(tmp_path, "--random_negatives", "5", "--seed", "7") == 0
+    assert prepare_train(tmp_path, "--random_negatives", "5", "--seed", "7", out="again.jsonl") == 0
+    assert prepare_train(tmp_path, "--random_negatives", "5", "--seed", "8", out="other.jsonl") == 0
     first = negatives_by_query(tmp_path / "train.jsonl")
     assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
     assert negatives_by_query(tmp_path / "other.jsonl") != first
@@ -74,11 +74,12 @@ def teacher_dir(tmp_path_factory):
 
 
 def test_teacher_scores_every_passage_and_distill_data_reads_them(tmp_path, teacher_dir, capsys):
-    _write(tmp_path, corpus=BIG_CORPUS)
-    assert _train(tmp_path, "--random_negatives", "2", "--teacher", str(teacher_dir), "--teacher_batch_size", "3") == 0
+    write_prepare_inputs(tmp_path, corpus=BIG_CORPUS)
+    assert prepare_train(tmp_path, "--random_negatives", "2", "--teacher", str(teacher_dir),
+                         "--teacher_batch_size", "3") == 0
     assert "scoring" in capsys.readouterr().out
     teacher = RerankerForInference.from_pretrained(teacher_dir)
-    groups = _read(tmp_path / "train.jsonl")
+    groups = read_jsonl(tmp_path / "train.jsonl")
     assert len(groups) == 2
     for group in groups:
         passages = group["pos"] + group["neg"]
@@ -90,11 +91,11 @@ def test_teacher_scores_every_passage_and_distill_data_reads_them(tmp_path, teac
 
 
 def test_teacher_scores_do_not_depend_on_tokenized_output(tmp_path, teacher_dir):
-    _write(tmp_path)
-    assert _train(tmp_path, "--teacher", str(teacher_dir)) == 0
-    assert _train(tmp_path, "--teacher", str(teacher_dir), "--tokenizer", str(teacher_dir), "--max_len", "6",
+    write_prepare_inputs(tmp_path)
+    assert prepare_train(tmp_path, "--teacher", str(teacher_dir)) == 0
+    assert prepare_train(tmp_path, "--teacher", str(teacher_dir), "--tokenizer", str(teacher_dir), "--max_len", "6",
                   out="ids.jsonl") == 0
-    text, ids = _read(tmp_path / "train.jsonl"), _read(tmp_path / "ids.jsonl")
+    text, ids = read_jsonl(tmp_path / "train.jsonl"), read_jsonl(tmp_path / "ids.jsonl")
     assert [[p["score"] for p in g["pos"] + g["neg"]] for g in text] == \
            [[p["score"] for p in g["pos"] + g["neg"]] for g in ids]
     assert isinstance(ids[0]["pos"][0]["passage"], list)
@@ -108,9 +109,9 @@ def test_teacher_scores_do_not_depend_on_tokenized_output(tmp_path, teacher_dir)
     (["--teacher", "NOT_A_MODEL"], "NOT_A_MODEL: not a Hugging Face model directory (no config.json)"),
 ])
 def test_bad_options_stop_before_writing(tmp_path, capsys, extra, message):
-    _write(tmp_path)
+    write_prepare_inputs(tmp_path)
     extra = [str(tmp_path / a) if a == "NOT_A_MODEL" else a for a in extra]
-    assert _train(tmp_path, *extra) == 2
+    assert prepare_train(tmp_path, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match(r"bigrerank prepare( train)?: error: ", err[0]) and message in err[0], err
     assert not (tmp_path / "train.jsonl").exists()

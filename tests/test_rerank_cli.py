@@ -13,7 +13,8 @@ from bigrerank import RerankerForInference
 from bigrerank.cli import main as cli
 from bigrerank.data.collection import passage_text
 from bigrerank.distributed import free_port
-from tests.test_inference import spread_model_dir
+from tests.helpers import ROOT
+from tests.tiny import spread_model_dir
 
 QUERIES = {"q1": "weather in new york", "q2": "python code", "q3": "what is cold"}
 CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"),
@@ -165,6 +166,8 @@ BAD_PAIR_INPUTS = {
     "empty input": ("\n", None, "p.jsonl: no pairs"),
     "missing ids": ('{"qry": "a", "psg": "b"}\n', None, "p.jsonl:1: field 'qid': missing (or give the ids file with --ids)"),
     "missing passage": ('{"qid": "q1", "pid": "d1", "qry": "a"}\n', None, "p.jsonl:1: field 'psg': missing"),
+    "number as passage": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": 7}\n', None,
+                          "p.jsonl:1: field 'psg': expected text or a list of token ids, got int"),
     "id with space": ('{"qid": "q 1", "pid": "d1", "qry": "a", "psg": "b"}\n', None, "field 'qid': ids must not"),
     "ids row disagrees": ('{"qid": "q1", "pid": "d1", "qry": "a", "psg": "b"}\n'
                           '{"qid": "q1", "pid": "d2", "qry": "a", "psg": "b"}\n',
@@ -222,6 +225,7 @@ def test_bad_model_and_collection_files_are_located(model_dir, collection, tmp_p
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_one_process_result(model_dir, collection, tmp_path):
     single, multi = tmp_path / "single.tsv", tmp_path / "multi.tsv"
     assert rerank(model_dir, *run_args(collection), "--output", single, "--batch_size", 2) == 0
@@ -229,8 +233,7 @@ def test_two_ranks_give_the_one_process_result(model_dir, collection, tmp_path):
            "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "launch/rerank.py", "--model", model_dir, *run_args(collection), "--output", str(multi),
                "--batch_size", "2"]
-    root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen(command, cwd=root, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    procs = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

@@ -20,10 +20,8 @@ from bigrerank.checkpoints.consolidate import consolidate, locate
 from bigrerank.errors import InputError
 from bigrerank.training import trainer
 from bigrerank.training.preemption import PREEMPTED_EXIT_CODE
+from tests.helpers import ROOT, launch_env, train_argv
 from tests.tiny import tiny_model_dir, write_groups
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _fake_tags(root: Path, steps, pointer: str | None = None) -> None:
     for step in steps:
@@ -106,11 +104,8 @@ def data(tmp_path_factory):
 
 
 def _argv(data, out, *extra):
-    model, train = data
-    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", str(ROOT / "ds_configs/zero0.json"), "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
-            "--save_steps", "2", *extra]
+    """ZeRO-0 with a checkpoint every 2 steps, on the module's model and data."""
+    return train_argv(*data, out, "zero0", *extra, learning_rate="1e-3", save_steps=2)
 
 
 def _train(argv) -> int:
@@ -235,14 +230,12 @@ def test_run_mistakes_are_one_line_before_the_model_loads(data, tmp_path, capsys
     assert not (tmp_path / "out").is_dir()
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_for_requeue(data, tmp_path):
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch/train.py"),
                              *_argv(data, out, "--max_steps", "100000", "--save_steps", "100000")],
-                            env=dict(env, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (out / "train_log.jsonl").is_file():
         time.sleep(0.2)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import ROOT
 from tests.tiny import tiny_model_dir
 
-REPO = Path(__file__).resolve().parents[1]
-SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
+SBATCH = ROOT / "launch" / "slurm" / "train.sbatch"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 JOB_TIMEOUT_S = 300
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
@@ -45,7 +45,8 @@ def slurm_unavailable() -> str | None:
 
 
 UNAVAILABLE = slurm_unavailable()
-pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"slurm not running: {UNAVAILABLE}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(UNAVAILABLE is not None, reason=f"slurm not running: {UNAVAILABLE}")]
 
 
 def write_groups(path: Path, queries: int = 8, negatives: int = 3) -> Path:
@@ -74,7 +75,7 @@ def submit(tmp_path: Path, *args: str) -> str:
     command = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
                "--time=5", "--signal=B:USR1@30", "--job-name=bigrerank-test", f"--output={tmp_path}/slurm-%j.out",
                *args]
-    done = subprocess.run(command, cwd=REPO, env=job_env(tmp_path), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, cwd=ROOT, env=job_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"sbatch failed (exit {done.returncode}): {done.stderr}"
     return done.stdout.strip().split(";")[0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from bigrerank.data.pairs import PairEncoder
@@ -14,6 +15,7 @@ from bigrerank.training.batches import MicroBatch
 from bigrerank.training.shard import group_slice
 from bigrerank.training.steps import micro_batch_step
 from tests.dist_harness import run_ranks
+from tests.helpers import train_argv
 from tests.tiny import tiny_model_dir, tiny_tokenizer, write_groups
 
 
@@ -86,6 +88,7 @@ def _count_reductions(argv, out_file):
             json.dump(per_step, f)
 
 
+@pytest.mark.slow
 def test_one_gradient_reduction_per_optimizer_step_under_zero2(tmp_path):
     model = tiny_model_dir(tmp_path / "m")
     train = write_groups(tmp_path / "g.jsonl", queries=16)
@@ -93,10 +96,8 @@ def test_one_gradient_reduction_per_optimizer_step_under_zero2(tmp_path):
     config = json.loads(open("ds_configs/zero2.json").read())
     config["zero_optimization"]["reduce_bucket_size"] = 500_000_000  # one bucket: a reduction pass is one call
     (tmp_path / "zero2.json").write_text(json.dumps(config))
-    argv = ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(tmp_path / "out"),
-            "--ds_config", str(tmp_path / "zero2.json"), "--train_group_size", "6", "--max_len", "24",
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-            "--grad_cache_chunk_size", "3", "--max_steps", "3", "--save_steps", "1000"]
+    argv = train_argv(model, train, tmp_path / "out", str(tmp_path / "zero2.json"), train_group_size=6, max_len=24,
+                      gradient_accumulation_steps=2, grad_cache_chunk_size=3, max_steps=3, logging_steps=None)
     run_ranks(2, _count_reductions, argv, str(out_file))
     # 2 micro-batches x 4 chunks = 8 backward passes per step, one reduction
     assert json.loads(out_file.read_text()) == [1, 1, 1]
@@ -128,6 +129,7 @@ def _last_micro_batch_not_finite(argv: list[str], factor: float, weights_file: s
                f"{weights_file}.{distributed.rank()}")
 
 
+@pytest.mark.slow
 def test_a_skipped_last_micro_batch_still_reduces_the_others_on_zero0(tmp_path):
     """ZeRO-0, 2 ranks, accumulation 2: a non-finite loss in the last micro-batch skips it, and the first
     micro-batch's gradients are still reduced (DeepSpeed reduces only at a boundary): the replicas stay
@@ -138,10 +140,8 @@ def test_a_skipped_last_micro_batch_still_reduces_the_others_on_zero0(tmp_path):
     train = write_groups(tmp_path / "g.jsonl", queries=16)
 
     def argv(out):
-        return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-                "--ds_config", "ds_configs/zero0.json", "--train_group_size", "4", "--max_len", "24",
-                "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                "--learning_rate", "1e-2", "--max_steps", "3", "--save_steps", "1000"]
+        return train_argv(model, train, out, "zero0", max_len=24, gradient_accumulation_steps=2,
+                          learning_rate="1e-2", max_steps=3, logging_steps=None)
 
     run_ranks(2, _last_micro_batch_not_finite, argv(tmp_path / "nan"), float("nan"), str(tmp_path / "nan.pt"))
     run_ranks(2, _last_micro_batch_not_finite, argv(tmp_path / "zero"), 0.0, str(tmp_path / "zero.pt"))

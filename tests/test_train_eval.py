@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bigrerank import cli
+from bigrerank import cli, distributed
 from bigrerank.checkpoints import store
 from bigrerank.checkpoints.best import BestCheckpoint
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, consolidate
@@ -21,7 +21,8 @@ from bigrerank.data.collection import read_qrels, read_run
 from bigrerank.evaluation.metrics import evaluate
 from bigrerank.training.evaluation import metric_names, score_shards
 from tests.dist_harness import run_jobs
-from tests.tiny import tiny_model_dir, write_beir, write_groups
+from tests.helpers import log_rows, train_argv
+from tests.tiny import tiny_model_dir, tiny_tokenizer, write_beir, write_groups
 
 METRICS = metric_names("nDCG@10")
 WORDS = ["the", "what", "is", "of", "in", "weather", "cold", "today", "it", "python", "code"]
@@ -56,11 +57,9 @@ def write_eval_set(directory: Path, queries: int = 6, depth: int = 5, seed: int 
     return files
 
 
-def _argv(model, train, out, config, *extra):
-    return ["--model_name_or_path", str(model), "--train_path", str(train), "--output_dir", str(out),
-            "--ds_config", f"ds_configs/{config}.json", "--train_group_size", "4", "--max_len", "32",
-            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "2",
-            "--logging_steps", "1", "--save_steps", "2", "--max_steps", "6", *extra]
+# batches of 4 queries at a high learning rate, a checkpoint every 2 of the 6 steps
+SETTINGS = {"per_device_train_batch_size": 4, "learning_rate": "1e-2", "warmup_steps": 2, "save_steps": 2,
+            "max_steps": 6}
 
 
 def _run_flags(files, batch):
@@ -81,28 +80,25 @@ def runs(tmp_path_factory):
              "--eval_steps", "2", "--logging_steps", "3", "--load_best_model_at_end"]
     # one candidate per query: every evaluation scores the same, so the best stays the first saved one, step 2
     flat = [*_run_flags(files, 4), "--eval_depth", "1", "--save_total_limit", "2", "--load_best_model_at_end"]
-    run_jobs(1, [_argv(model, train, out["off"], "zero2"),
-                 _argv(model, train, out["on"], "zero2", *_run_flags(files, 4), "--save_total_limit", "1",
-                       "--load_best_model_at_end"),
-                 _argv(model, train, out["pairs"], "zero2", *pairs),
-                 _argv(model, train, out["flat"], "zero2", *flat)])
+    run_jobs(1, [train_argv(model, train, out["off"], "zero2", **SETTINGS),
+                 train_argv(model, train, out["on"], "zero2", *_run_flags(files, 4), "--save_total_limit", "1",
+                            "--load_best_model_at_end", **SETTINGS),
+                 train_argv(model, train, out["pairs"], "zero2", *pairs, **SETTINGS),
+                 train_argv(model, train, out["flat"], "zero2", *flat, **SETTINGS)])
     collaborative = ["--collaborative", "--grad_cache_chunk_size", "3"]
-    run_jobs(2, [_argv(model, train, out["off3"], "zero3", *collaborative),
-                 _argv(model, train, out["on3"], "zero3", *collaborative, *_run_flags(files, 7),
-                       "--save_total_limit", "2", "--load_best_model_at_end")])
+    run_jobs(2, [train_argv(model, train, out["off3"], "zero3", *collaborative, **SETTINGS),
+                 train_argv(model, train, out["on3"], "zero3", *collaborative, *_run_flags(files, 7),
+                            "--save_total_limit", "2", "--load_best_model_at_end", **SETTINGS)])
     (out["resumed"] / "checkpoints").mkdir(parents=True)
     shutil.copytree(out["flat"] / "checkpoints" / "step-2", out["resumed"] / "checkpoints" / "step-2")
     shutil.copy(out["flat"] / "train_log.jsonl", out["resumed"] / "train_log.jsonl")
-    run_jobs(1, [_argv(model, train, out["resumed"], "zero2", *flat, "--resume_from_checkpoint", "latest")])
+    run_jobs(1, [train_argv(model, train, out["resumed"], "zero2", *flat, "--resume_from_checkpoint", "latest",
+                            **SETTINGS)])
     return out, files
 
 
-def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
 def _evals(out: Path) -> dict[int, dict[str, float]]:
-    return {r["step"]: {m: r[f"eval_{m}"] for m in METRICS} for r in _rows(out) if "eval_nDCG@10" in r}
+    return {r["step"]: {m: r[f"eval_{m}"] for m in METRICS} for r in log_rows(out) if "eval_nDCG@10" in r}
 
 
 def _best_step(evals: dict[int, dict[str, float]]) -> int:
@@ -125,15 +121,35 @@ def _weights(model_dir: Path) -> dict:
     return load_file(str(model_dir / "model.safetensors"))
 
 
+def test_evaluation_on_one_rank_in_process_logs_each_evaluation_and_exports_the_best(tmp_path):
+    """The fast subset's evaluation while training: one rank, this process, an evaluation every 2 steps."""
+    model = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    train = write_groups(tmp_path / "groups.jsonl", queries=32)
+    files = write_eval_set(tmp_path / "eval")
+    out = tmp_path / "out"
+    argv = train_argv(model, train, out, "zero2", *_run_flags(files, 4), "--load_best_model_at_end", **SETTINGS)
+    try:
+        assert cli.main(["train", *argv]) == 0
+    finally:
+        distributed.teardown(wait_for_others=False)
+    evals = _evals(out)
+    assert sorted(evals) == [2, 4, 6] and all(0 <= evals[s][m] <= 1 for s in evals for m in METRICS)
+    best = _best_step(evals)
+    assert json.loads((out / TRAINING_INFO).read_text())["step"] == best
+    assert _reranked_metrics(out, files, tmp_path) == pytest.approx(evals[best], abs=1e-6, rel=0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("off,on", [("off", "on"), ("off3", "on3")])
 def test_evaluation_leaves_the_training_unchanged(runs, tmp_path, off, on):
     out, _ = runs
-    assert [r["loss"] for r in _rows(out[off])] == [r["loss"] for r in _rows(out[on])]
+    assert [r["loss"] for r in log_rows(out[off])] == [r["loss"] for r in log_rows(out[on])]
     last = consolidate(out[on] / "checkpoints", tmp_path / "last")  # `latest`: step 6, the run's final weights
     a, b = _weights(out[off]), _weights(last)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,limit", [("on", 1), ("on3", 2)])
 def test_metrics_equal_rerank_and_evaluate_of_the_checkpoints_and_the_best_is_exported(runs, tmp_path, name, limit):
     out, files = runs
@@ -153,15 +169,17 @@ def test_metrics_equal_rerank_and_evaluate_of_the_checkpoints_and_the_best_is_ex
     assert _reranked_metrics(last, files, tmp_path) == pytest.approx(evals[6], abs=1e-6, rel=0)
 
 
+@pytest.mark.slow
 def test_both_candidate_forms_give_the_same_metrics_and_eval_rows_of_their_own(runs):
     out, _ = runs
-    rows = _rows(out["pairs"])
+    rows = log_rows(out["pairs"])
     assert [(r["step"], "loss" in r, "eval_nDCG@10" in r) for r in rows] == [
         (2, False, True), (3, True, False), (4, False, True), (6, True, True)]
     assert all(r["eval_runtime"] > 0 for r in rows if "eval_runtime" in r)
     assert _evals(out["pairs"]) == _evals(out["on"])  # same training, same pairs: --eval_path == --eval_run
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_best_so_far(runs):
     """The best (step 2) is kept from rotation, and a resume from step 2 keeps it: without its record the resumed
     run would take step 4, its first evaluation, for the best and export that."""
@@ -220,7 +238,6 @@ def test_evaluation_restores_every_module_mode_and_the_rng(tmp_path):
     from bigrerank.data.pairs import PairEncoder
     from bigrerank.data.candidates import Candidate
     from bigrerank.training.evaluation import JUDGED_BY, EvalSet, Evaluator
-    from tests.tiny import tiny_tokenizer
 
     candidates = [Candidate("q1", "a", "new york", "new york today"), Candidate("q1", "b", "new york", "python"),
                   Candidate("q2", "c", "code", "python code code"), Candidate("q2", "d", "code", "cold")]
@@ -259,7 +276,7 @@ def test_eval_metrics_go_to_the_log_wandb_and_the_bar(tmp_path):
     for step in (1, 2, 3, 4):
         progress.step_done(engine, step, Evaluation(step, metrics, 0.0, "nDCG@10") if step % 2 == 0 else None)
     progress.close()
-    rows = _rows(tmp_path)
+    rows = log_rows(tmp_path)
     assert rows[0] == {"step": 2, "epoch": 0.5, "eval_nDCG@10": 0.5, "eval_RR@10": 0.25, "eval_runtime": 0.0}
     assert rows[1]["step"] == 4 and rows[1]["grad_norm"] == 1.5 and rows[1]["eval_nDCG@10"] == 0.5
     assert [step for step, _ in logged] == [2, 4]  # wandb gets each row (loss is NaN here: no micro-batch added)

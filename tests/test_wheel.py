@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bigrerank.distributed import LAUNCHER_VARS
+from tests.helpers import ROOT
 from tests.tiny import tiny_model_dir, write_groups
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(argv: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -32,8 +32,8 @@ def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"  # built from a copy, so the build leaves nothing in the checkout
     source.mkdir()
-    shutil.copy(REPO / "setup.py", source)
-    shutil.copytree(REPO / "bigrerank", source / "bigrerank", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", source)
+    shutil.copytree(ROOT / "bigrerank", source / "bigrerank", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", *LAUNCHER_VARS)}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", source],
@@ -46,7 +46,7 @@ def installed(tmp_path_factory):
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     where = _run([python, "-c", "import bigrerank; print(bigrerank.__file__)"], elsewhere, env).stdout.strip()
-    assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(REPO), where
+    assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(ROOT), where
     return python, venv / "bin", env, elsewhere
 
 

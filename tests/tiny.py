@@ -41,6 +41,19 @@ def tiny_model_dir(directory, dropout: float = 0.0, seed: int = 0, init_range: f
     return directory
 
 
+
+def spread_model_dir(directory, seed: int = 0) -> Path:
+    """A tiny reranker whose scores differ clearly between pairs (random init at std 0.02 gives near-constants)."""
+    tiny_model_dir(directory, seed=seed)
+    model = BertForSequenceClassification.from_pretrained(directory)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(directory)
+    return Path(directory)
+
 def write_groups(path, queries: int = 16, negatives: int = 7, seed: int = 0, as_ids_of=None) -> Path:
     """A learnable grouped training file: each positive repeats its query's words and says "new york";
     negatives are random words without those two.

@@ -21,6 +21,11 @@ _CORPUS = [
     "by providing a prediction of either 'Yes' or 'No'.", "0123456789 abcdefghijklmnopqrstuvwxyz",
 ]
 
+# sample pairs to score, of mixed lengths
+QUERIES = ["what is python", "weather in new york", "cold", "0123 what code"]
+PASSAGES = ["python code is what it is", "it is cold today in new york, the weather says",
+            "abcdefghijklmnopqrstuvwxyz", "today"]
+
 
 def tiny_decoder_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -105,6 +105,8 @@ def _content(path, number: int, obj: dict, field: str, vocab_size: int) -> Conte
     value = obj.get(field)
     if isinstance(value, list):
         return require_token_ids(path, number, value, field, vocab_size)
+    if field in obj and not isinstance(value, str):
+        raise InputError(path, f"expected text or a list of token ids, got {type(value).__name__}", number, field)
     return require_str(path, number, obj, field)
 
 
