@@ -3,7 +3,7 @@
 Both runs: MiniLM-L6, SciFact groups of 16 (1 positive + 15 BM25 negatives), 1 query a step, max_len 128, ZeRO-2,
 OMP_NUM_THREADS=1 per process (one core per rank), fresh processes, steps 2..N timed from train_log.jsonl.
 Pairs scored per rank per step are COUNTED inside each rank: the child wraps the trainer's
-`next_micro_batch` and records its real pairs and the rows of the batches it forwards (padding included);
+`micro_batch` and records its real pairs and the rows of the batches it forwards (padding included);
 the schedule says the same (`group_slice(16, r, 2)` gives ranks 0 and 1 pairs [0, 8) and [8, 16)).
 Step time = pairs per step (all ranks) / the log's pairs_per_s (which sums the ranks' pairs).
 Target: 8 pairs per rank per step; collaborative step time close to half the single rank's.
@@ -23,13 +23,13 @@ import common  # noqa: E402
 
 
 def child(argv: list[str], record_dir: Path) -> None:
-    """One rank: train with a counting wrapper around the trainer's next_micro_batch; write rank<r>.json."""
+    """One rank: train with a counting wrapper around the trainer's micro_batch; write rank<r>.json."""
     from bigrerank import distributed
     from bigrerank.commands.train import parse
     from bigrerank.training import trainer
 
     counted = []
-    draw = trainer.next_micro_batch
+    draw = trainer.micro_batch
 
     def counting_draw(*args, **kwargs):
         micro = draw(*args, **kwargs)
@@ -37,7 +37,7 @@ def child(argv: list[str], record_dir: Path) -> None:
         counted.append({"pairs": micro.pairs, "forwarded": forwarded})
         return micro
 
-    trainer.next_micro_batch = counting_draw
+    trainer.micro_batch = counting_draw
     trainer.train(*parse(argv))
     (record_dir / f"rank{distributed.rank()}.json").write_text(json.dumps(counted))
     distributed.teardown()

@@ -128,6 +128,9 @@ class TrainingArguments:
         default=False, metadata={"help": "Split each query's group across the data-parallel ranks."})
     grad_cache_chunk_size: int = field(
         default=0, metadata={"help": "Score pairs in no-grad chunks of this size, then replay (0 = off)."})
+    prefetch_micro_batches: int = field(default=2, metadata={
+        "help": "Micro-batches drawn and tokenized ahead in a background thread while the current one computes "
+                "(0: on the training thread); train_log.jsonl's data_wait_s says how long the steps waited."})
     grad_cache_max_tokens: int = field(default=0, metadata={
         "help": "Gradient cache with chunks of at most this many tokens instead of a pair count, the pairs of a "
                 "micro-batch grouped by length (0 = off; at least --max_len)."})
@@ -177,7 +180,8 @@ class TrainingArguments:
         at_least(self, ["per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
                          "save_total_limit", "max_nonfinite_steps", "ddp_timeout"], 1)
         at_least(self, ["learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_ratio",
-                         "warmup_steps", "max_grad_norm", "grad_cache_chunk_size", "grad_cache_max_tokens"], 0)
+                         "warmup_steps", "max_grad_norm", "grad_cache_chunk_size", "grad_cache_max_tokens",
+                         "prefetch_micro_batches"], 0)
         if self.grad_cache_chunk_size and self.grad_cache_max_tokens:
             raise UsageError("--grad_cache_chunk_size and --grad_cache_max_tokens exclude each other (chunks of a pair "
                              "count or of a token budget)")

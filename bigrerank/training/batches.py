@@ -1,6 +1,7 @@
 """Micro-batches: the next one drawn, sharded and encoded, with its teacher scores (nanoGPT's `get_batch`)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -41,13 +42,21 @@ class MicroBatch:
         return slice(start, end) if self.order is None else self.order[start:end]
 
 
-def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, chunk_size: int, text: bool,
-                       teacher: torch.Tensor | None = None, max_tokens: int = 0) -> MicroBatch:
-    """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`.
+@dataclass
+class EncodedGroups:
+    """A micro-batch's groups drawn and tokenized, not yet chunked or collated: what the data worker prepares
+    (training/prefetch.py) without any collective or device work."""
 
-    chunk_size: pairs per chunk for the gradient cache (0: one batch, plain); max_tokens: instead, chunks of at
-    most this many tokens, the pairs grouped by length (as many chunks on every rank, which ZeRO-3 needs).
-    """
+    pairs: list[tuple[list[int], list[int]]]  # (input ids, token type ids) of each pair, query-major
+    real_mask: torch.Tensor        # (queries, width) 1.0 for real pairs, 0.0 for slice padding
+    group_size: int                # passages per query, over all ranks
+    tokens: int                    # real tokens
+    teacher: torch.Tensor | None = None
+
+
+def encode_groups(groups: list[tuple], encoder: PairEncoder, shard: Shard, text: bool,
+                  teacher: torch.Tensor | None = None) -> EncodedGroups:
+    """groups: [(query, [passage, ...])] with the positive first; bodies are token ids, or text when `text`."""
     rows = [(query, *shard.passages(passages)) for query, passages in groups]
     width = len(rows[0][1])
     if text:
@@ -60,16 +69,31 @@ def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, 
         real_mask[i, :count] = 1.0
     is_real = real_mask.reshape(-1).bool().tolist()
     tokens = sum(len(ids) for (ids, _), keep in zip(pairs, is_real) if keep)
-    order = None
+    return EncodedGroups(pairs, real_mask, len(groups[0][1]), tokens, teacher)
+
+
+def assemble(encoded: EncodedGroups, encoder: PairEncoder, shard: Shard, chunk_size: int,
+             max_tokens: int = 0) -> MicroBatch:
+    """Chunk and collate: chunk_size pairs per chunk for the gradient cache (0: one batch, plain); max_tokens:
+    instead, chunks of at most this many tokens, the pairs grouped by length (as many chunks on every rank, which
+    ZeRO-3 needs: a collective, so this runs on the training thread)."""
+    pairs, order = encoded.pairs, None
     if max_tokens:
         order, bounds = token_chunks([len(ids) for ids, _ in pairs], max_tokens, _chunks_on_every_rank)
         pairs = [pairs[i] for i in order]
     else:
         bounds = chunk_bounds(len(pairs), chunk_size) if chunk_size else [(0, len(pairs))]
-    return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], (len(rows), width), real_mask,
-                      len(groups[0][1]), chunked=bool(chunk_size or max_tokens), shard=shard, teacher=teacher,
-                      pairs=int(real_mask.sum().item()), tokens=tokens,
+    real_mask = encoded.real_mask
+    return MicroBatch([encoder.collate(pairs[a:b]) for a, b in bounds], tuple(real_mask.shape), real_mask,
+                      encoded.group_size, chunked=bool(chunk_size or max_tokens), shard=shard,
+                      teacher=encoded.teacher, pairs=int(real_mask.sum().item()), tokens=encoded.tokens,
                       order=None if order is None else torch.tensor(order))
+
+
+def encode_micro_batch(groups: list[tuple], encoder: PairEncoder, shard: Shard, chunk_size: int, text: bool,
+                       teacher: torch.Tensor | None = None, max_tokens: int = 0) -> MicroBatch:
+    """`encode_groups` then `assemble`, in one call."""
+    return assemble(encode_groups(groups, encoder, shard, text, teacher), encoder, shard, chunk_size, max_tokens)
 
 
 def _chunks_on_every_rank(count: int) -> int:
@@ -97,12 +121,28 @@ class MicroBatchSource:
         return self._order[1]
 
 
-def next_micro_batch(source: MicroBatchSource, epoch: int, index: int) -> MicroBatch:
-    """Micro-step `index` of `epoch`: this rank's groups, drawn and encoded, on the engine's device."""
+def micro_positions(step: int, total_steps: int, accum: int, steps_per_epoch: int) -> Iterator[tuple[int, int]]:
+    """(epoch, micro-step index) of every micro-batch from optimizer step `step` to the end, in training order."""
+    for current in range(step, total_steps):
+        epoch, first = divmod(current * accum, steps_per_epoch * accum)
+        yield from ((epoch, index) for index in range(first, first + accum))
+
+
+def draw_groups(source: MicroBatchSource, epoch: int, index: int) -> EncodedGroups:
+    """Micro-step `index` of `epoch`: this rank's groups, drawn and tokenized (no collective, no device)."""
     per_step = source.shard.queries_per_micro_step(source.queries_per_rank)
     indices = source.epoch_order(epoch)[index * per_step:(index + 1) * per_step]
     drawn = [source.sampler.scored_group(i, epoch) for i in source.shard.queries(indices, source.queries_per_rank)]
     teacher = torch.tensor([scores for _, _, scores in drawn]) if source.with_teacher else None
     groups = [(query, passages) for query, passages, _ in drawn]
-    return encode_micro_batch(groups, source.encoder, source.shard, source.chunk_size, source.text, teacher,
-                              source.max_tokens).to(source.device)
+    return encode_groups(groups, source.encoder, source.shard, source.text, teacher)
+
+
+def micro_batch(source: MicroBatchSource, encoded: EncodedGroups) -> MicroBatch:
+    """The drawn groups chunked, collated and on the engine's device."""
+    return assemble(encoded, source.encoder, source.shard, source.chunk_size, source.max_tokens).to(source.device)
+
+
+def next_micro_batch(source: MicroBatchSource, epoch: int, index: int) -> MicroBatch:
+    """Micro-step `index` of `epoch`, drawn and assembled on this thread (nanoGPT's `get_batch`)."""
+    return micro_batch(source, draw_groups(source, epoch, index))

@@ -70,7 +70,7 @@ class Progress:
         self._reset()
 
     def _reset(self) -> None:
-        self.losses, self.pairs, self.tokens, self.start = [], 0.0, 0.0, time.perf_counter()
+        self.losses, self.pairs, self.tokens, self.data_wait, self.start = [], 0.0, 0.0, 0.0, time.perf_counter()
 
     def due(self, step: int) -> bool:
         return step % self.args.logging_steps == 0 or step == self.total_steps
@@ -79,8 +79,9 @@ class Progress:
         if self.zero0 and self.due(next_step):
             self.module_norm[next_step] = _module_grad_norm(engine)
 
-    def add(self, micro, result) -> None:
-        """Count a micro-batch's pairs and tokens, and its loss when finite."""
+    def add(self, micro, result, data_wait: float = 0.0) -> None:
+        """Count a micro-batch's pairs and tokens, its loss when finite, and the seconds the step waited for it."""
+        self.data_wait += data_wait
         if result.finite:
             self.losses.append(result.loss.item())
         self.pairs += micro.pairs
@@ -108,10 +109,11 @@ class Progress:
         norm, own_norm = engine.get_global_grad_norm(), self.module_norm.pop(step, None)
         norm = own_norm if norm is None else float(norm)
         pairs, tokens = distributed.all_reduce([self.pairs, self.tokens])
+        (data_wait,) = distributed.all_reduce([self.data_wait], "max")
         elapsed = time.perf_counter() - self.start
         row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": _reduce_mean(self.losses),
                "lr": engine.get_lr()[0], "grad_norm": norm, "pairs_per_s": pairs / elapsed,
-               "tokens_per_s": tokens / elapsed, "skipped_steps": engine.skipped_steps}
+               "tokens_per_s": tokens / elapsed, "data_wait_s": data_wait, "skipped_steps": engine.skipped_steps}
         if self.args.fp16:  # dynamic loss scaling: the current scale
             row["loss_scale"] = float(engine.optimizer.cur_scale)
         self.postfix.update(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 EVAL_SETTINGS = (*JUDGED_BY, "eval_steps", "per_device_eval_batch_size", "metric_for_best_model",
                  "load_best_model_at_end")
 MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
-                        "run_name", "max_nonfinite_steps", "ddp_timeout", *EVAL_SETTINGS})
+                        "run_name", "max_nonfinite_steps", "ddp_timeout", "prefetch_micro_batches",
+                        *EVAL_SETTINGS})
 TOPOLOGY = frozenset({"world_size", "zero_stage", "per_device_train_batch_size", "gradient_accumulation_steps"})
 NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",
                           "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio"})  # as the schedule

@@ -4,10 +4,11 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from ..data.packing import row_length
 from ..model import check_packing, load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
-from .batches import MicroBatchSource, next_micro_batch
+from .batches import MicroBatchSource, draw_groups, micro_batch, micro_positions
+from .prefetch import Prefetcher
 from .preemption import Preemption
 from .progress import Progress, TrainLog, start_wandb
 from .shard import Shard
@@ -248,6 +250,15 @@ def _before_update(on_reduced, progress: Progress, next_step: int, engine) -> No
     progress.before_update(engine, next_step)
 
 
+def data_worker(setup: TrainingSetup, step: int, args) -> Prefetcher:
+    """The micro-batches from `step` on, drawn and tokenized --prefetch_micro_batches ahead in a background thread
+    (with its own copy of the tokenizer: evaluation tokenizes on the training thread meanwhile)."""
+    source = setup.source
+    worker_source = replace(source, encoder=copy.deepcopy(source.encoder)) if args.prefetch_micro_batches else source
+    positions = micro_positions(step, setup.total_steps, args.gradient_accumulation_steps, setup.steps_per_epoch)
+    return Prefetcher(partial(draw_groups, worker_source), positions, args.prefetch_micro_batches)
+
+
 def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
     """Train and export into --output_dir; the result holds the DeepSpeed engine (still live, for callers that score).
 
@@ -270,17 +281,18 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
         progress = Progress(args, setup.steps_per_epoch, total_steps, step, train_log,
                             zero0=ds_config.zero_stage(setup.config) == 0)
         nonfinite = NonFiniteSteps(args.max_nonfinite_steps)
+        batches = data_worker(setup, step, args)
         while step < total_steps:
-            epoch, first_micro = divmod(step * accum, setup.steps_per_epoch * accum)
             step_finite = True
             with ReductionScope(engine, accum, partial(_before_update, on_reduced, progress, step + 1)) as scope:
-                for index in range(first_micro, first_micro + accum):
-                    micro = next_micro_batch(setup.source, epoch, index)
+                for _ in range(accum):
+                    waited = batches.wait_s
+                    micro = micro_batch(setup.source, batches.next())
                     result = micro_batch_step(engine, micro, loss_fn, scope.backward, temperature=args.temperature)
                     if not result.finite:
                         step_finite = False
                         scope.skip_micro_batch()
-                    progress.add(micro, result)
+                    progress.add(micro, result, data_wait=batches.wait_s - waited)
             step += 1
             nonfinite.record(step, step_finite)
             progress.step_done(engine, step, evaluator.maybe_evaluate(engine, step) if evaluator else None)
@@ -304,4 +316,6 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
         distributed.barrier()
         return TrainResult(engine, step)
     finally:
+        if "batches" in locals():
+            batches.close()
         preemption.restore()
