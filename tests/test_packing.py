@@ -20,7 +20,7 @@ from bigrerank.training.evaluation import metric_names
 from bigrerank.training.shard import token_chunks
 from tests.dist_harness import run_jobs
 from tests.reference import assert_gradients_close, assert_weights_close, reference_state
-from tests.tiny import tiny_model_dir, write_groups
+from tests.tiny import tiny_model_dir, write_eval_set, write_groups
 from tests.tiny_decoder import tiny_decoder_dir
 from tests.tiny_decoder_reranker import tiny_decoder_reranker_dir
 
@@ -268,7 +268,6 @@ def _assert_same_training(padded, packed, steps: int):
 def test_packing_with_lora_checkpointing_and_evaluation_trains_as_padded(tmp_path):
     """LoRA, gradient checkpointing and evaluation while training, packed vs padded: a BERT classifier on 2 ranks
     (ZeRO-3, collaborative, token-budget chunks) and a Qwen3 yes_no decoder on 1 rank (ZeRO-2, chunks of 3)."""
-    from tests.test_train_eval import write_eval_set
 
     bert, qwen3 = tiny_model_dir(tmp_path / "bert", init_range=0.2), tiny_decoder_dir(tmp_path / "qwen3", "qwen3",
                                                                                        init_range=0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from pathlib import Path
 
@@ -22,39 +21,9 @@ from bigrerank.evaluation.metrics import evaluate
 from bigrerank.training.evaluation import metric_names, score_shards
 from tests.dist_harness import run_jobs
 from tests.helpers import log_rows, train_argv
-from tests.tiny import tiny_model_dir, tiny_tokenizer, write_beir, write_groups
+from tests.tiny import tiny_model_dir, tiny_tokenizer, write_eval_set, write_groups
 
 METRICS = metric_names("nDCG@10")
-WORDS = ["the", "what", "is", "of", "in", "weather", "cold", "today", "it", "python", "code"]
-
-
-def write_eval_set(directory: Path, queries: int = 6, depth: int = 5, seed: int = 1) -> dict[str, Path]:
-    """One eval set in both rerank forms: a BEIR corpus/queries with a TREC run, and the same pairs as JSON lines
-    with their ids file; one relevant document per query (its words and "new york"), judged in the qrels."""
-    rng = random.Random(seed)
-
-    def words(n):
-        return " ".join(rng.choice(WORDS + [f"{a}{b}" for a in "abcdef" for b in "xyz"]) for _ in range(n))
-
-    corpus, texts, run, qrels, pairs, ids = {}, {}, [], [], [], []
-    for q in range(queries):
-        qid, texts[f"q{q}"] = f"q{q}", words(3)
-        docs = [(f"d{q}-{i}", f"{texts[qid]} new york {words(2)}" if i == 0 else words(7)) for i in range(depth)]
-        rng.shuffle(docs)
-        for rank, (pid, text) in enumerate(docs, start=1):
-            corpus[pid] = ("", text)
-            run.append(f"{qid} Q0 {pid} {rank} {10.0 - rank} bm25\n")
-            pairs.append(json.dumps({"qry": texts[qid], "psg": text}) + "\n")
-            ids.append(f"{qid}\t{pid}\n")
-        qrels.append(f"{qid} 0 d{q}-0 1\n")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_beir(directory, corpus, texts)
-    files = {"run": directory / "run.trec", "qrels": directory / "qrels.tsv", "pairs": directory / "pairs.jsonl",
-             "ids": directory / "pairs.ids.tsv", "queries": directory / "queries.jsonl",
-             "corpus": directory / "corpus.jsonl"}
-    for name, lines in (("run", run), ("qrels", qrels), ("pairs", pairs), ("ids", ids)):
-        files[name].write_text("".join(lines))
-    return files
 
 
 # batches of 4 queries at a high learning rate, a checkpoint every 2 of the 6 steps

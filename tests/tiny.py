@@ -1,6 +1,8 @@
 """Tiny models and tokenizers built locally from a config: no hub, no network, fast on CPU."""
 from __future__ import annotations
 
+import json
+import random
 import string
 from pathlib import Path
 
@@ -114,3 +116,35 @@ def with_teacher_scores(path, flag: bool = False):
         lines.append(json.dumps(obj))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+EVAL_WORDS = ["the", "what", "is", "of", "in", "weather", "cold", "today", "it", "python", "code"]  # no "new york"
+
+
+def write_eval_set(directory: Path, queries: int = 6, depth: int = 5, seed: int = 1) -> dict[str, Path]:
+    """One eval set in both rerank forms: a BEIR corpus/queries with a TREC run, and the same pairs as JSON lines
+    with their ids file; one relevant document per query (its words and "new york"), judged in the qrels."""
+    rng = random.Random(seed)
+
+    def words(n):
+        return " ".join(rng.choice(EVAL_WORDS + [f"{a}{b}" for a in "abcdef" for b in "xyz"]) for _ in range(n))
+
+    corpus, texts, run, qrels, pairs, ids = {}, {}, [], [], [], []
+    for q in range(queries):
+        qid, texts[f"q{q}"] = f"q{q}", words(3)
+        docs = [(f"d{q}-{i}", f"{texts[qid]} new york {words(2)}" if i == 0 else words(7)) for i in range(depth)]
+        rng.shuffle(docs)
+        for rank, (pid, text) in enumerate(docs, start=1):
+            corpus[pid] = ("", text)
+            run.append(f"{qid} Q0 {pid} {rank} {10.0 - rank} bm25\n")
+            pairs.append(json.dumps({"qry": texts[qid], "psg": text}) + "\n")
+            ids.append(f"{qid}\t{pid}\n")
+        qrels.append(f"{qid} 0 d{q}-0 1\n")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_beir(directory, corpus, texts)
+    files = {"run": directory / "run.trec", "qrels": directory / "qrels.tsv", "pairs": directory / "pairs.jsonl",
+             "ids": directory / "pairs.ids.tsv", "queries": directory / "queries.jsonl",
+             "corpus": directory / "corpus.jsonl"}
+    for name, lines in (("run", run), ("qrels", qrels), ("pairs", pairs), ("ids", ids)):
+        files[name].write_text("".join(lines))
+    return files
