@@ -112,6 +112,13 @@ def test_the_tokenizer_comes_from_the_file(tiny):
     assert (read.eos_token, read.pad_token, read.chat_template) == ("<|im_end|>", "<|endoftext|>", original.chat_template)
 
 
+def test_plan_reads_the_model_from_a_gguf(tiny, capsys):
+    argv = ["plan", "--model", str(tiny[0]), "--ds_config", "ds_configs/zero3.json", "--gpus_per_node", "0",
+            "--cpu_processes_per_node", "2", "--max_len", "96", "--json"]
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def _rerank(model, pairs, out, *flags) -> list[float]:
     assert cli.main(["rerank", "--model", str(model), "--input", str(pairs), "--output", str(out), *flags]) == 0
     return [float(line.split("\t")[2]) for line in out.read_text().splitlines()]
@@ -227,3 +234,20 @@ def test_an_unreadable_gguf_is_one_line_exit_2_and_nothing_written(tiny, tmp_pat
         assert _files(tmp_path) == before, name
         from torch import distributed as dist
         assert not dist.is_initialized(), name  # found before any process group started
+
+
+@pytest.mark.slow
+def test_zero3_training_from_a_gguf_equals_training_from_its_safetensors_copy(tiny, tmp_path):
+    """2 ranks, ZeRO-3: the dequantized weights are partitioned as they load, and train as the safetensors copy."""
+    from tests.dist_harness import run_jobs
+
+    path, hf, _ = tiny
+    groups = write_groups(tmp_path / "groups.jsonl", queries=8, negatives=3)
+    argv = ["--train_path", str(groups), "--ds_config", "ds_configs/zero3.json", "--train_group_size", "4",
+            "--max_len", "96", "--per_device_train_batch_size", "2", "--max_steps", "2", "--learning_rate", "1e-2"]
+    run_jobs(2, [["--model_name_or_path", str(model), "--output_dir", str(tmp_path / name), *argv]
+                 for model, name in ((path, "from_gguf"), (hf, "from_safetensors"))])
+    exported = {name: load_file(tmp_path / name / "model.safetensors") for name in ("from_gguf", "from_safetensors")}
+    assert exported["from_gguf"].keys() == exported["from_safetensors"].keys()
+    for name, tensor in exported["from_gguf"].items():
+        assert torch.allclose(tensor, exported["from_safetensors"][name], atol=1e-6, rtol=0), name
