@@ -3,8 +3,8 @@
 Each of the three is read by one function (`load_config`, `load_tokenizer`, `load_weights`), and all three by
 `_from_pretrained`: the one place that knows where a model comes from (a Hugging Face directory or hub name; a
 GGUF file, read by gguf_file.py; a bare config.json for the config alone). The weights are the class the score head
-names (heads.py), set up as the scoring contract says; the engine wraps that Hugging Face model itself, so its state dict is a plain HF state dict
-and `save_pretrained` output loads in `transformers` unchanged.
+names (heads.py), set up as the scoring contract says; the engine wraps that Hugging Face model itself, so its state
+dict is a plain HF state dict and `save_pretrained` output loads in `transformers` unchanged.
 """
 from __future__ import annotations
 

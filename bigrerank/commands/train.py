@@ -71,9 +71,9 @@ class DataArguments:
         "help": "Passages per query: 1 positive + n-1 negatives (at least 2: a group of one has nothing to contrast)."})
     max_len: int = field(default=256, metadata={"help": "Maximum tokens of a (query, passage) pair."})
     template: Optional[str] = field(default=None, metadata={
-        "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, chat (the tokenizer's chat template), "
-                "or a JSON file with {instruction}, {query} and {passage} slots and the yes/no strings; default: the "
-                "model's contract, else its architecture's (chat for a chat model)"})
+        "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, chat (the tokenizer's chat "
+                "template), or a JSON file with {instruction}, {query} and {passage} slots and the yes/no strings; "
+                "default: the model's contract, else its architecture's (chat for a chat model)"})
     instruction: Optional[str] = field(default=None, metadata={"help": "The template's {instruction} text."})
 
     def __post_init__(self):
