@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .errors import InputError
@@ -84,8 +85,6 @@ def from_pretrained(auto, source, **kwargs):
 def load_weights(auto_class, source, config, dtype: torch.dtype | None = None, **options):
     """A model of `auto_class` built from `config`, its weights dequantized from the GGUF file `source` into `dtype`
     (default: torch's default dtype); `options` as `from_pretrained` takes them."""
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
     if type(config) not in auto_class._model_mapping:
         raise ValueError(f"transformers has no {auto_class.__name__} for '{config.model_type}' models")
     model_class = auto_class._model_mapping[type(config)]
