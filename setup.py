@@ -30,6 +30,9 @@ setup(
         "ranx>=0.3.20",
         "xxhash>=3.0",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    extras_require={
+        "gguf": ["gguf>=0.10"],  # a .gguf file as a model (bigrerank/gguf_file.py)
+        "test": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10"],
+    },
     entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},
 )

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import heads
 from .data.pairs import PairEncoder
-from .data.templates import BUILTIN, PAIR, PromptEncoder, TemplateSpec, answer_token_id, load_spec
+from .data.templates import (CHAT, NAMES, PAIR, PromptEncoder, TemplateSpec, answer_token_id, has_chat_template,
+                             load_spec)
 from .errors import InputError
 
 log = logging.getLogger("bigrerank.contract")
@@ -76,11 +77,21 @@ class ScoringContract:
             raise InputError(path, f"unreadable scoring contract ({e})") from None
 
 
-def default_head_and_template(config) -> tuple[str, str]:
-    """The architecture's default: a causal-LM-only decoder scores yes/no with a prompt, anything else classifies."""
+def default_head_and_template(config, tokenizer) -> tuple[str, str]:
+    """The model's default: a causal-LM-only decoder scores yes/no with a prompt, anything else classifies."""
     if heads.is_decoder(config) and heads.causal_lm_only(config):
-        return heads.YES_NO.name, "bge-gemma" if config.model_type.startswith("gemma") else "qwen3-reranker"
+        return heads.YES_NO.name, default_prompt(config, tokenizer)
     return heads.CLASSIFIER.name, PAIR
+
+
+def default_prompt(config, tokenizer) -> str:
+    """The yes_no head's default template: the released reranker's of the architecture (Gemma: bge-gemma; Qwen3:
+    qwen3-reranker, Qwen3's own chat format), else the tokenizer's chat template (`chat`), else qwen3-reranker."""
+    if config.model_type.startswith("gemma"):
+        return "bge-gemma"
+    if not config.model_type.startswith("qwen3") and has_chat_template(tokenizer):
+        return CHAT
+    return "qwen3-reranker"
 
 
 def resolve_contract(model_path: str, config, tokenizer, score_head: str | None = None, template: str | None = None,
@@ -98,24 +109,24 @@ def resolve_contract(model_path: str, config, tokenizer, score_head: str | None 
         return build_contract(config, tokenizer, saved.score_head, saved.spec,
                               saved.instruction if instruction is None else instruction, max_len or saved.max_len,
                               model_path)
-    default_head, default_template = default_head_and_template(config)
+    default_head, default_template = default_head_and_template(config, tokenizer)
     head = heads.get(score_head or default_head).name
     if template is None:
         if head == default_head:
             template = default_template
         else:
-            template = "qwen3-reranker" if head == heads.YES_NO.name else PAIR
+            template = default_prompt(config, tokenizer) if head == heads.YES_NO.name else PAIR
         log.info("%s: no %s and no --template: %s head with the %s template (the default for '%s' checkpoints "
                  "of %s)", model_path, CONTRACT_FILE if saved is None else "usable " + CONTRACT_FILE, head, template,
                  config.model_type, "/".join(getattr(config, "architectures", None) or ["unknown architecture"]))
-    return build_contract(config, tokenizer, head, load_spec(template), instruction, max_len, model_path)
+    return build_contract(config, tokenizer, head, load_spec(template, tokenizer), instruction, max_len, model_path)
 
 
 def build_contract(config, tokenizer, head: str, spec: TemplateSpec | None, instruction: str | None,
                    max_len: int | None, where) -> ScoringContract:
     heads.get(head).check_config(config, where)
     if head == heads.YES_NO.name and spec is None:
-        raise InputError("--template", f"--score_head yes_no needs a prompt template ({', '.join(BUILTIN)} "
+        raise InputError("--template", f"--score_head yes_no needs a prompt template ({', '.join(NAMES[1:])} "
                                        "or a .json file), not 'pair'")
     append_eos = head == heads.CLASSIFIER.name and spec is None and heads.is_decoder(config)
     if append_eos and tokenizer.pad_token_id == tokenizer.eos_token_id:

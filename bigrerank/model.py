@@ -2,9 +2,9 @@
 
 Each of the three is read by one function (`load_config`, `load_tokenizer`, `load_weights`), and all three by
 `_from_pretrained`: the one place that knows where a model comes from (a Hugging Face directory or hub name; a
-bare config.json for the config alone). The weights are the class the score head names (heads.py), set up as the
-scoring contract says; the engine wraps that Hugging Face model itself, so its state dict is a plain HF state dict
-and `save_pretrained` output loads in `transformers` unchanged.
+GGUF file, read by gguf_file.py; a bare config.json for the config alone). The weights are the class the score head
+names (heads.py), set up as the scoring contract says; the engine wraps that Hugging Face model itself, so its state
+dict is a plain HF state dict and `save_pretrained` output loads in `transformers` unchanged.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from . import heads, packed_scoring
+from . import gguf_file, heads, packed_scoring
 from .data import packing
 from .errors import InputError
 from .heads import scores_from_logits
@@ -24,13 +24,25 @@ log = logging.getLogger(__name__)
 
 
 def _from_pretrained(auto, source, **kwargs):
-    """auto.from_pretrained(source), with a missing or unloadable model as an InputError naming it."""
+    """auto.from_pretrained(source), with a missing or unloadable model as an InputError naming it.
+
+    A GGUF file is checked first (gguf_file.check), then read by gguf_file.py."""
+    if gguf_file.is_gguf(source):
+        gguf_file.check(source)
     try:
+        if gguf_file.is_gguf(source):
+            return gguf_file.from_pretrained(auto, source, **kwargs)
         return auto.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError) as e:  # transformers' words for a missing, unreachable or unknown model
-        where = ("not a loadable model directory" if Path(source).exists()
-                 else "no such directory, and the Hugging Face hub could not provide it")
-        raise InputError(source, f"{where} ({str(e).splitlines()[0]})") from e
+        raise InputError(source, f"{_unloadable(source)} ({str(e).splitlines()[0]})") from e
+
+
+def _unloadable(source) -> str:
+    if gguf_file.is_gguf(source):
+        return "a GGUF file transformers cannot read"
+    if Path(source).exists():
+        return "not a loadable model directory"
+    return "no such directory, and the Hugging Face hub could not provide it"
 
 
 def load_config(source, **overrides):

@@ -62,8 +62,8 @@ class PrepareTrainArguments:
                 "one; the same for the same --seed)"})
     seed: int = field(default=42, metadata={"help": "seed of --random_negatives"})
     teacher: str | None = field(default=None, metadata={
-        "help": "a reranker (Hugging Face directory) that scores every passage of every group; written as each "
-                "passage's \"score\", the target of `--loss distill`"})
+        "help": "a reranker (Hugging Face directory or .gguf file) that scores every passage of every group; "
+                "written as each passage's \"score\", the target of `--loss distill`"})
     teacher_batch_size: int = field(default=64, metadata={"help": "with --teacher: pairs per forward pass"})
     teacher_max_len: int | None = field(default=None, metadata={
         "help": "with --teacher: pair length limit of the teacher (None: the model's limit, at most 512)"})
@@ -129,9 +129,9 @@ def group_scores(args: PrepareTrainArguments, groups, queries: dict[str, str], c
 
 def prepare_train(args: PrepareTrainArguments, tokenization: Tokenization) -> int:
     if args.teacher:
-        from ..inference.rerank import require_model_dir
+        from ..inference.rerank import require_model
 
-        require_model_dir(args.teacher)
+        require_model(args.teacher)
     corpus, queries = read_corpus(args.corpus), read_queries(args.queries)
     qrels, run = read_qrels(args.qrels), read_run_announced(args.run, args.run_format)
     check_documents_known(args.qrels, qrels, corpus, args.corpus)

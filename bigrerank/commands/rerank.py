@@ -20,8 +20,7 @@ from ..data.collection import RUN_FORMATS
 from ..data.packing import PACK_FACTOR
 from ..errors import UsageError
 from ..inference.host_memory import retain_freed_memory
-from ..inference.rerank import (open_reranker, require_model_dir, score_candidates, trained_max_len,
-                                write_scores)
+from ..inference.rerank import open_reranker, require_model, score_candidates, trained_max_len, write_scores
 from ..inference.reranker import default_device
 from .outputs import check_output
 from .parser import CommandParser, at_least, check_packing_flags
@@ -32,7 +31,8 @@ SOURCE_FLAGS = {"pairs": "--input", "ids": "--ids", "run": "--run", "queries": "
 
 @dataclass
 class RerankArguments:
-    model: str = field(metadata={"help": "Hugging Face model directory (output of `bigrerank train`/`consolidate`)"})
+    model: str = field(metadata={"help": "Hugging Face model directory (output of `bigrerank train`/`consolidate`) "
+                                         "or a .gguf file"})
     output: str = field(metadata={"help": "score file to write: qid<TAB>pid<TAB>score per pair"})
     input: str | None = field(default=None, metadata={
         "help": "pairs as JSON lines {qid, pid, qry, psg}; qry/psg token ids (no special tokens) or text"})
@@ -53,7 +53,8 @@ class RerankArguments:
     score_head: str | None = field(default=None, metadata={
         "help": "classifier or yes_no, for a model without bigrerank_scoring.json (default: its architecture's)"})
     template: str | None = field(default=None, metadata={
-        "help": "pair, qwen3-reranker, bge-gemma or a JSON file, for a model without bigrerank_scoring.json"})
+        "help": "pair, qwen3-reranker, bge-gemma, chat (the tokenizer's chat template) or a JSON file, for a model "
+                "without bigrerank_scoring.json"})
     instruction: str | None = field(default=None, metadata={"help": "the prompt template's {instruction}"})
     bf16: bool = field(default=False, metadata={"help": "score in bfloat16 (CPU or GPU)"})
     fp16: bool = field(default=False, metadata={"help": "score in float16 (GPU only)"})
@@ -100,9 +101,10 @@ def start_ranks() -> tuple[int, int, torch.device, bool]:
 
 
 def check_paths(args: RerankArguments) -> None:
-    """The model directory exists and the output can be written over none of the inputs: checked before any work."""
-    model_dir = require_model_dir(args.model)
-    check_output(args.output, [*args.source().paths(), *model_dir.iterdir()])
+    """The model exists (a GGUF file: readable) and the output can be written over none of the inputs: checked before
+    any work."""
+    model = require_model(args.model)
+    check_output(args.output, [*args.source().paths(), *(model.iterdir() if model.is_dir() else [model])])
 
 
 def scoring_max_len(args: RerankArguments) -> int | None:

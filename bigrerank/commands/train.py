@@ -30,8 +30,8 @@ REPORT_TO = ("wandb", "none")
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(metadata={
-        "aliases": ["--model"], "help": "Hugging Face model directory or name (any backbone); `plan` also takes a "
-                                        "config.json."})
+        "aliases": ["--model"], "help": "Hugging Face model directory or name (any backbone), or a .gguf file "
+                                        "(needs the gguf extra); `plan` also takes a config.json."})
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     head_init_std: Optional[float] = field(
         default=None, metadata={"help": "Re-initialise the new classification head with this std (bias 0)."})
@@ -73,8 +73,9 @@ class DataArguments:
         "help": "Passages per query: 1 positive + n-1 negatives (at least 2: a group of one has nothing to contrast)."})
     max_len: int = field(default=256, metadata={"help": "Maximum tokens of a (query, passage) pair."})
     template: Optional[str] = field(default=None, metadata={
-        "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, or a JSON file with {instruction}, "
-                "{query} and {passage} slots and the yes/no strings; default: the model's contract or architecture's"})
+        "help": "pair (the tokenizer's pair template), qwen3-reranker, bge-gemma, chat (the tokenizer's chat "
+                "template), or a JSON file with {instruction}, {query} and {passage} slots and the yes/no strings; "
+                "default: the model's contract, else its architecture's (chat for a chat model)"})
     instruction: Optional[str] = field(default=None, metadata={"help": "The template's {instruction} text."})
     padding_free: bool = field(default=False, metadata={
         "help": "Pack the pairs of a batch into rows of --pack_len tokens (no padding: each pair's positions restart "

@@ -1,4 +1,9 @@
-"""Prompt templates for decoder rerankers: built-in (`qwen3-reranker`, `bge-gemma`) or a user JSON file.
+"""Prompt templates for decoder rerankers: built-in (`qwen3-reranker`, `bge-gemma`), `chat`, or a user JSON file.
+
+`chat` is the tokenizer's own chat template, rendered with a system message (the instruction) and a user message
+(`<Query>: {query}` and `<Document>: {passage}` lines), followed by the assistant turn's opening as
+`add_generation_prompt` writes it (the answer prefix: the scored position is its last token). The rendered text,
+slots in place, is the template: it is written into the scoring contract, so a trained model keeps its prompt.
 
 A template is one text with `{instruction}`, `{query}` and `{passage}` slots, plus the answer strings whose
 LM-head rows the `yes_no` head reads ("yes"/"no"; bge-gemma scores the logit of "Yes" alone). The instruction
@@ -20,14 +25,20 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import jinja2
+
 from ..errors import InputError
 from .pairs import PairEncoder
 
 PAIR = "pair"
+CHAT = "chat"
 SLOTS = ("{instruction}", "{query}", "{passage}")
 
 _QWEN3_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
                  'Note that the answer can only be "yes" or "no".')
+_CHAT_INSTRUCTION = ('Judge whether the Document is relevant to the Query. '
+                     'Note that the answer can only be "yes" or "no".')
+_CHAT_USER = "<Query>: {query}\n<Document>: {passage}"
 _BGE_GEMMA_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                      "by providing a prediction of either 'Yes' or 'No'.")
 
@@ -60,15 +71,21 @@ BUILTIN = {
 }
 
 
-def load_spec(template: str) -> TemplateSpec | None:
-    """The template named `template` (`pair` -> None), or the one in a JSON file of that path."""
+NAMES = (PAIR, *BUILTIN, CHAT)
+
+
+def load_spec(template: str, tokenizer=None) -> TemplateSpec | None:
+    """The template named `template` (`pair` -> None; `chat` rendered by `tokenizer`), or the one in a JSON file of
+    that path."""
     if template == PAIR:
         return None
     if template in BUILTIN:
         return BUILTIN[template]
+    if template == CHAT:
+        return chat_spec(tokenizer)
     path = Path(template)
     if not template.endswith(".json"):
-        raise InputError(template, f"unknown template (choose {PAIR}, {', '.join(BUILTIN)} or a .json file)")
+        raise InputError(template, f"unknown template (choose {', '.join(NAMES)} or a .json file)")
     if not path.is_file():
         raise InputError(path, "no such template file")
     try:
@@ -76,6 +93,34 @@ def load_spec(template: str) -> TemplateSpec | None:
     except ValueError as e:
         raise InputError(path, f"not valid JSON ({e})") from None
     return spec_from_dict(raw, where=path)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_chat(tokenizer, system: str, user: str) -> str:
+    """The prompt text of a system and a user message in `tokenizer`'s chat template, up to the assistant's answer.
+
+    A chat template that refuses a system message gets the instruction as the user message's first paragraph."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except jinja2.TemplateError:
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}], tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def chat_spec(tokenizer) -> TemplateSpec:
+    """The `chat` template of `tokenizer`: its chat template rendered around the slots, answering yes or no."""
+    if tokenizer is None or not has_chat_template(tokenizer):
+        raise InputError("--template chat", "the tokenizer has no chat template (choose "
+                                            f"{', '.join(n for n in NAMES if n != CHAT)} or a .json file)")
+    text = render_chat(tokenizer, "{instruction}", _CHAT_USER)
+    if text.count("{instruction}") != 1:
+        raise InputError("--template chat", "the tokenizer's chat template does not show the system message once")
+    return spec_from_dict({"name": CHAT, "text": text, "yes": "yes", "no": "no", "instruction": _CHAT_INSTRUCTION},
+                          where="--template chat")
 
 
 def spec_from_dict(raw, where="template") -> TemplateSpec:

@@ -16,20 +16,26 @@ from ..atomic import atomic_file
 from ..checkpoints.consolidate import TRAINING_INFO
 from ..data.candidates import Candidate, encode_candidates
 from ..errors import InputError
+from ..gguf_file import is_gguf
+from ..model import load_config
 from ..sharded_scoring import score_sharded
 from .reranker import RerankerForInference
 
 
-def require_model_dir(model_dir) -> Path:
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
-    return model_dir
+def require_model(model) -> Path:
+    """The path of a model to score with: a Hugging Face directory, or a GGUF file this installation can read (its
+    config read here, so an architecture transformers does not know is found before any work)."""
+    model = Path(model)
+    if is_gguf(model):
+        load_config(model)
+    elif not (model / "config.json").is_file():
+        raise InputError(model, "not a Hugging Face model directory (no config.json) nor a .gguf file")
+    return model
 
 
 def open_reranker(model_dir, **options) -> RerankerForInference:
-    """`RerankerForInference.from_pretrained(model_dir, **options)`; a directory it cannot use is an InputError."""
-    model_dir = require_model_dir(model_dir)
+    """`RerankerForInference.from_pretrained(model_dir, **options)`; a model it cannot use is an InputError."""
+    model_dir = require_model(model_dir)
     try:
         return RerankerForInference.from_pretrained(model_dir, **options)
     except InputError:

@@ -22,6 +22,7 @@ from .. import heads
 from ..contract import ScoringContract, make_encoder, resolve_contract
 from ..data.packing import LAYOUT_KEYS, row_length
 from ..data.pairs import PairEncoder
+from ..gguf_file import is_gguf
 from ..heads import scores_from_logits
 from ..model import check_packing, load_config, load_reranker, load_tokenizer, max_len_problem, pair_scores
 from ..sharded_scoring import Pair, score_sharded
@@ -105,8 +106,11 @@ class RerankerForInference(nn.Module):
                         instruction: str | None = None, padding_free: bool = False, pack_len: int | None = None,
                         **model_kwargs) -> "RerankerForInference":
         """Load a Hugging Face directory (model + tokenizer), e.g. a `bigrerank train` output, scored the way its
-        `bigrerank_scoring.json` says; a model without one (a released reranker, a base model) gets its
-        architecture's default or `score_head` / `template` / `instruction`."""
+        `bigrerank_scoring.json` says; a model without one (a released reranker, a base model, a GGUF file) gets its
+        architecture's default or `score_head` / `template` / `instruction`. A GGUF file is dequantized straight into
+        the `precision` it scores in."""
+        if is_gguf(model_name_or_path) and precision in PRECISIONS:
+            model_kwargs.setdefault("dtype", PRECISIONS[precision])
         config = load_config(model_name_or_path)
         tokenizer = load_tokenizer(model_name_or_path, config)
         contract = resolve_contract(str(model_name_or_path), config, tokenizer, score_head, template, instruction)

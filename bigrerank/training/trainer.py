@@ -21,6 +21,7 @@ from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.packing import row_length
+from ..gguf_file import is_gguf
 from ..model import check_packing, load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
@@ -55,6 +56,14 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def loading_dtype(model_args, args) -> dict:
+    """A GGUF file is dequantized straight into the engine's dtype (bf16/fp16 with --bf16/--fp16), without a float32
+    copy; other models load as saved and the engine casts them."""
+    if not is_gguf(model_args.model_name_or_path):
+        return {}
+    return {"dtype": torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32}
+
+
 def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None,
                  load_universal: bool = False):
     """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes;
@@ -68,8 +77,9 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
         config = {**config, "checkpoint": {**config.get("checkpoint", {}), "load_universal": True}}
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
-    model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract), model_args,
-                         args.gradient_checkpointing, args.seed)
+    model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract,
+                                       **loading_dtype(model_args, args)),
+                         model_args, args.gradient_checkpointing, args.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, args.weight_decay),
                                       config=config)
     skip_non_finite.guard(engine)
