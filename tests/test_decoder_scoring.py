@@ -207,3 +207,25 @@ def test_defaults_follow_the_architecture_and_the_log_says_which(decoders, tmp_p
     assert (decoder.score_head, decoder.template_name) == ("yes_no", "qwen3-reranker")
     assert "classifier head with the pair template" in caplog.text
     assert "yes_no head with the qwen3-reranker template" in caplog.text
+
+
+def test_bf16_answer_logits_are_taken_in_float32_so_close_pairs_do_not_tie(decoders):
+    """In bf16 the two answer logits would round to 8 bits before their difference: scores on coarse steps, pairs
+    of one query tied. The head computes them in float32 from the bf16 hidden state and weights."""
+    model_dir = str(decoders["qwen3"])
+    tokenizer = load_tokenizer(model_dir)
+    contract = resolve_contract(model_dir, load_config(model_dir), tokenizer)
+    model = load_reranker(model_dir, contract=contract).to(torch.bfloat16)
+    head = model.get_output_embeddings()
+    rows = head.weight[contract.answer_rows()].float()
+    k = int((rows[0] - rows[1]).abs().argmax())  # 64 pairs whose hidden states differ by i/64 in coordinate k
+    hidden = (torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 4).repeat(64, 1)
+    hidden[:, k] = torch.arange(64) / 64
+    hidden = hidden.to(torch.bfloat16)
+    logits = head(hidden)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, hidden.float() @ rows.T)
+    scores = logits[:, 0] - logits[:, 1]
+    assert len(set(scores.tolist())) == len(scores)  # no ties
+    rounded = logits.to(torch.bfloat16)
+    assert len(set((rounded[:, 0] - rounded[:, 1]).tolist())) < len(scores) / 2  # what bf16 logits would give
