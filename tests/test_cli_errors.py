@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bigrerank import __version__, cli, ds_config
+from bigrerank import __version__, cli, distributed, ds_config
+from bigrerank import model as model_loader
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, check_export_dir
 from bigrerank.commands.train import parse as parse_train_args
 from bigrerank.data.collection import read_run
@@ -20,6 +21,7 @@ from bigrerank.errors import InputError
 from bigrerank.training.evaluation import read_eval_set
 from tests.test_inference import spread_model_dir
 from tests.tiny import tiny_model_dir, write_beir, write_groups
+from tests.tiny_decoder import tiny_decoder_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"), "d3": ("code", "python code")}
@@ -148,11 +150,34 @@ CASES = {
         (["--steps", "0", "--output", "{out}"], "--steps must be at least 1"),
     ],
 }
+# the tiny decoder's qwen3-reranker prompt is 111 tokens: 115 holds 2 query and 2 passage tokens more
+NO_ROOM = "--max_len 20 leaves no room for a query and a passage; the template takes 111 tokens, use --max_len ≥ 115"
+DECODER_TRAIN = ["--model_name_or_path", "{decoder}", "--train_path", "{groups}", "--output_dir", "{out}",
+                 "--score_head", "yes_no"]
+EVAL_RUN = ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_corpus", "{corpus}", "--eval_qrels", "{qrels}"]
+CASES["train"] += [
+    (DECODER_TRAIN + ["--max_len", "20"], NO_ROOM),
+    (DECODER_TRAIN + ["--max_len", "20", *EVAL_RUN], NO_ROOM),
+    (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
+]
+CASES["rerank"] += [
+    (["--model", "{decoder}", *RERANK[2:], "--output", "{out}.tsv", "--score_head", "yes_no", "--max_len", "20"],
+     NO_ROOM),
+]
+CASES["plan"] = [
+    (["--model", "{decoder}", "--gpus_per_node", "0", "--score_head", "yes_no", "--max_len", "20"], NO_ROOM),
+]
 TABLE = [(command, argv, message) for command, cases in CASES.items() for argv, message in cases]
 
 
-def _fill(argv: list[str], work: Path) -> list[str]:
-    names = {"dir": work, "out": work / "new_output", "model": work / "model", "groups": work / "groups.jsonl",
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """A tiny causal LM (Qwen3 architecture) with its tokenizer."""
+    return tiny_decoder_dir(tmp_path_factory.mktemp("decoder"))
+
+
+def _fill(argv: list[str], work: Path, decoder: Path | None = None) -> list[str]:
+    names = {"dir": work, "decoder": decoder, "out": work / "new_output", "model": work / "model", "groups": work / "groups.jsonl",
              "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl", "qrels": work / "qrels.tsv",
              "run": work / "run.trec", "scores": work / "scores.tsv", "ints": work / "ints.tsv",
              "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
@@ -160,16 +185,28 @@ def _fill(argv: list[str], work: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("command, argv, message", TABLE, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(TABLE)])
-def test_every_user_mistake_is_one_line_exit_2_and_writes_nothing(work, capsys, monkeypatch, command, argv, message):
+def test_every_user_mistake_is_one_line_exit_2_and_writes_nothing(work, capsys, monkeypatch, request, command, argv,
+                                                                  message):
+    """… found before any process group starts and before any weights load."""
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node1")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "1")
+    monkeypatch.setattr(distributed, "init", _refused("a process group started"))
+    monkeypatch.setattr(model_loader, "load_weights", _refused("weights loaded"))
+    decoder = request.getfixturevalue("decoder") if any("{decoder}" in arg for arg in argv) else None
+    capsys.readouterr()
     before = _files(work)
-    assert run_cli([command, *_fill(argv, work)]) == 2
+    assert run_cli([command, *_fill(argv, work, decoder)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"bigrerank {command}") and ": error: " in lines[0], lines[0]
     assert message in lines[0], lines[0]
     assert _files(work) == before
+
+
+def _refused(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} before the mistake was found")
+    return refuse
 
 
 def test_launch_train_py_ends_a_bad_value_as_one_line(work):

@@ -19,7 +19,7 @@ from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
 from ..errors import UsageError
 from ..inference.host_memory import retain_freed_memory
-from ..inference.rerank import (open_reranker, require_model_dir, score_candidates, trained_max_len,
+from ..inference.rerank import (check_scoring, open_reranker, require_model_dir, score_candidates, trained_max_len,
                                 write_scores)
 from ..inference.reranker import default_device
 from .outputs import check_output
@@ -114,11 +114,13 @@ def scoring_max_len(args: RerankArguments) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     (args,) = CommandParser(RerankArguments, "rerank").parse(argv)
     check_paths(args)
+    max_len = scoring_max_len(args)
+    check_scoring(args.model, max_len, args.score_head, args.template, args.instruction)  # before any rank starts
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
     rank, world, device, started = start_ranks()
     finished = False
     try:
-        reranker = open_reranker(args.model, max_len=scoring_max_len(args), device=device, precision=args.precision,
+        reranker = open_reranker(args.model, max_len=max_len, device=device, precision=args.precision,
                                  torch_compile=args.torch_compile, score_head=args.score_head, template=args.template,
                                  instruction=args.instruction)
         candidates = args.source().read(len(reranker.tokenizer))

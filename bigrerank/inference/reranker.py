@@ -50,6 +50,11 @@ def default_max_len(config, tokenizer) -> int:
     return int(min(limits))
 
 
+def scoring_max_len(max_len: int | None, contract: ScoringContract | None, config, tokenizer) -> int:
+    """The pair length a model scores at: `max_len`, else its contract's (the training length), else its limit."""
+    return max_len or (contract and contract.max_len) or default_max_len(config, tokenizer)
+
+
 def _as_list(texts: str | Sequence[str]) -> list[str]:
     return [texts] if isinstance(texts, str) else list(texts)
 
@@ -78,8 +83,7 @@ class RerankerForInference(nn.Module):
         self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
         self.tokenizer = tokenizer
         self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
-        self.max_len = self._check_max_len(max_len or (contract and contract.max_len)
-                                           or default_max_len(hf_model.config, tokenizer))
+        self.max_len = self._check_max_len(scoring_max_len(max_len, contract, hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)

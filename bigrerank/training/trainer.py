@@ -17,8 +17,9 @@ from .. import distributed, ds_config, lora, losses
 from ..checkpoints import store
 from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
-from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
+from ..contract import CONTRACT_FILE, ScoringContract, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
+from ..data.pairs import PairEncoder
 from ..model import load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
@@ -96,14 +97,23 @@ class TrainResult:
     preempted: bool = False
 
 
+def pair_encoding(model_args, data_args, model_config) -> tuple[object, ScoringContract, PairEncoder]:
+    """(tokenizer, scoring contract, pair encoder) training and evaluation encode pairs with; a --max_len that leaves
+    the template no room for a query and a passage is a UsageError. Reads no weights."""
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_config)
+    contract = resolve_contract(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
+                                data_args.template, data_args.instruction, data_args.max_len)
+    encoder = make_encoder(tokenizer, data_args.max_len, contract)
+    encoder.require_room("--max_len")
+    return tokenizer, contract, encoder
+
+
 def prepare(model_args, data_args, args) -> TrainingSetup:
     """Validate the inputs, start the ranks, load the data (once per machine) and build the engine."""
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_config)
-    contract = resolve_contract(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
-                                data_args.template, data_args.instruction, data_args.max_len)
+    tokenizer, contract, encoder = pair_encoding(model_args, data_args, model_config)
     if model_args.head_init_std is not None:
         contract.head.check_reset()
     lora.check_targets(model_args, model_config, contract.head)
@@ -125,9 +135,8 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     torch.manual_seed(args.seed)  # the same new head on every rank
     engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
-    source = MicroBatchSource(sampler, make_encoder(tokenizer, data_args.max_len, contract), shard,
-                              args.per_device_train_batch_size, args.grad_cache_chunk_size, is_text(dataset),
-                              with_teacher, engine.device)
+    source = MicroBatchSource(sampler, encoder, shard, args.per_device_train_batch_size, args.grad_cache_chunk_size,
+                              is_text(dataset), with_teacher, engine.device)
     return TrainingSetup(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir,
                          recorded, eval_set)
 
