@@ -154,7 +154,8 @@ CASES = {
 NO_ROOM = "--max_len 20 leaves no room for a query and a passage; the template takes 111 tokens, use --max_len ≥ 115"
 DECODER_TRAIN = ["--model_name_or_path", "{decoder}", "--train_path", "{groups}", "--output_dir", "{out}",
                  "--score_head", "yes_no"]
-EVAL_RUN = ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_corpus", "{corpus}", "--eval_qrels", "{qrels}"]
+EVAL_RUN = ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_corpus", "{corpus}",
+            "--eval_qrels", "{qrels}"]
 CASES["train"] += [
     (DECODER_TRAIN + ["--max_len", "20"], NO_ROOM),
     (DECODER_TRAIN + ["--max_len", "20", *EVAL_RUN], NO_ROOM),
@@ -177,9 +178,9 @@ def decoder(tmp_path_factory):
 
 
 def _fill(argv: list[str], work: Path, decoder: Path | None = None) -> list[str]:
-    names = {"dir": work, "decoder": decoder, "out": work / "new_output", "model": work / "model", "groups": work / "groups.jsonl",
-             "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl", "qrels": work / "qrels.tsv",
-             "run": work / "run.trec", "scores": work / "scores.tsv", "ints": work / "ints.tsv",
+    names = {"dir": work, "decoder": decoder, "out": work / "new_output", "model": work / "model",
+             "groups": work / "groups.jsonl", "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl",
+             "qrels": work / "qrels.tsv", "run": work / "run.trec", "scores": work / "scores.tsv", "ints": work / "ints.tsv",
              "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
     return [arg.format(**names) for arg in argv]
 

@@ -2,10 +2,11 @@
 
 The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` returning the model output),
 plus `score`/`rerank` conveniences and a fast scoring loop (sharded_scoring.py): length-sorted batches with
-dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family
-models, first-token scoring (first_token.py: the last layer runs for the scored token only; a batch without
-padding runs without an attention mask). On a GPU, batches are copied from pinned memory without blocking and
-scores stay on the device until the end, so the host prepares the next batch while the GPU computes.
+dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile` (checked against eager at its
+first batches, checked_compile.py), and, for BERT-family models, first-token scoring (first_token.py: the last
+layer runs for the scored token only; a batch without padding runs without an attention mask). On a GPU, batches
+are copied from pinned memory without blocking and scores stay on the device until the end, so the host prepares
+the next batch while the GPU computes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..data.pairs import PairEncoder
 from ..heads import scores_from_logits
 from ..model import load_config, load_reranker, load_tokenizer, max_len_problem
 from ..sharded_scoring import Pair, score_sharded
+from .checked_compile import CheckedCompile
 from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -87,12 +89,13 @@ class RerankerForInference(nn.Module):
         self._encoders: dict[int, PairEncoder] = {}
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)
+        # compiled: checked against eager at its first batches, eager for good if it fails or differs
+        self._model_scores = self._own_forward
         if self.full_forward_reason is None:
             self._scorer = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
-            # one dynamic-shape graph for every batch size and width, compiled at the first batch
-            self._score_pairs = torch.compile(self._scorer, dynamic=True) if torch_compile else self._scorer
+            self._score_pairs = CheckedCompile(self._scorer, self.compute_dtype) if torch_compile else self._scorer
         elif torch_compile:
-            self.hf_model.compile(dynamic=True)
+            self._model_scores = CheckedCompile(self._own_forward, self.compute_dtype)
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
@@ -154,11 +157,13 @@ class RerankerForInference(nn.Module):
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
         with torch.inference_mode(), self._autocast():
             if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
-                logits = self.hf_model(**batch).logits
-                scores = scores_from_logits(logits, batch.get("attention_mask"))
-                return SequenceClassifierOutput(logits=scores.unsqueeze(-1))
+                return SequenceClassifierOutput(logits=self._model_scores(**batch).unsqueeze(-1))
             self._scorer.check_weights()
             return SequenceClassifierOutput(logits=self._score_pairs(**batch))
+
+    def _own_forward(self, **batch) -> torch.Tensor:
+        """(pairs,) scores of the model's own forward, read by its head."""
+        return scores_from_logits(self.hf_model(**batch).logits, batch.get("attention_mask"))
 
     def score_batch(self, pairs: list[Pair]) -> torch.Tensor:
         """(pairs,) float32 scores of one batch of encoded pairs, left on the device."""
