@@ -90,6 +90,13 @@ class ClassifierHead:
     def check_config(self, config, where) -> None:
         """Any backbone can carry a classification head."""
 
+    def check_scorable(self, config, where) -> None:
+        """InputError for a causal-LM-only checkpoint: it has no trained classification head to score with."""
+        if causal_lm_only(config):
+            raise InputError(where, f"--score_head classifier: the checkpoint is a causal LM "
+                                    f"({'/'.join(config.architectures)}) without a trained classification head; "
+                                    "score it with --score_head yes_no")
+
     def on_meta(self, config):
         """The model class this head trains, built on `meta` (no weights); `config` gets one label."""
         config.num_labels = 1
@@ -139,6 +146,9 @@ class YesNoHead:
 
     def reset(self, model, std: float) -> None:
         self.check_reset()
+
+    def check_scorable(self, config, where) -> None:
+        """A checkpoint the yes_no head can train can be scored by it."""
 
     def check_config(self, config, where) -> None:
         """InputError unless the checkpoint is a decoder with an LM head."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from bigrerank import __version__, cli, distributed, ds_config
 from bigrerank import model as model_loader
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, check_export_dir
 from bigrerank.commands.train import parse as parse_train_args
+from bigrerank.contract import CONTRACT_FILE, resolve_contract
 from bigrerank.data.collection import read_run
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
@@ -44,6 +46,12 @@ def work(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes\n")
     write_groups(tmp_path / "groups.jsonl", queries=4)
+    template = {"template": "Q: {query} P: {passage}", "yes": "yes", "no": "no"}
+    (tmp_path / "plain.json").write_text(json.dumps(template))  # no {instruction} slot
+    (tmp_path / "same.json").write_text(json.dumps({**template, "no": "yes"}))
+    (tmp_path / "bad_config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
+    (tmp_path / "bad_model").mkdir()
+    (tmp_path / "bad_model" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
     return tmp_path
 
 
@@ -160,13 +168,27 @@ CASES["train"] += [
     (DECODER_TRAIN + ["--max_len", "20"], NO_ROOM),
     (DECODER_TRAIN + ["--max_len", "20", *EVAL_RUN], NO_ROOM),
     (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
+    (DECODER_TRAIN + ["--template", "{dir}/same.json"], "yes 'yes' and no 'yes' are the same token"),
+    (DECODER_TRAIN + ["--template", "{dir}/plain.json", "--instruction", "judge"],
+     "--instruction: the plain template has no {instruction} slot"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--template", "pair", "--instruction", "judge"],
+     "--instruction: the pair template has no {instruction} slot"),
 ]
+DECODER_RERANK = ["--model", "{decoder}", *RERANK[2:], "--output", "{out}.tsv"]
 CASES["rerank"] += [
-    (["--model", "{decoder}", *RERANK[2:], "--output", "{out}.tsv", "--score_head", "yes_no", "--max_len", "20"],
-     NO_ROOM),
+    (DECODER_RERANK + ["--score_head", "yes_no", "--max_len", "20"], NO_ROOM),
+    (DECODER_RERANK + ["--score_head", "classifier"],
+     "the checkpoint is a causal LM (Qwen3ForCausalLM) without a trained classification head"),
+    (DECODER_RERANK + ["--instruction", "judge", "--template", "{dir}/plain.json"],
+     "--instruction: the plain template has no {instruction} slot"),
 ]
 CASES["plan"] = [
     (["--model", "{decoder}", "--gpus_per_node", "0", "--score_head", "yes_no", "--max_len", "20"], NO_ROOM),
+    (["--model", "{dir}/bad_config.json", "--gpus_per_node", "0"],
+     "bad_config.json: not a valid model config (Validation error for field 'hidden_size'"),
+    (["--model", "{dir}/bad_model", "--gpus_per_node", "0"],
+     "bad_model: not a valid model config (Validation error for field 'hidden_size'"),
+    (["--model", "{afile}", "--gpus_per_node", "0"], "afile: a file, not a model directory or a model's config.json"),
 ]
 TABLE = [(command, argv, message) for command, cases in CASES.items() for argv, message in cases]
 
@@ -218,6 +240,40 @@ def test_launch_train_py_ends_a_bad_value_as_one_line(work):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
         assert proc.stderr.startswith("bigrerank train: error: ")
+
+
+# ---------------------------------------------------------------- an edited scoring contract
+
+CONTRACT_EDITS = [  # (edit of the saved contract, what the one line says)
+    (lambda c: "garbage", "a scoring contract is a JSON object"),
+    (lambda c: {**c, "score_head": "bogus"}, "field 'score_head': 'bogus' is no score head (classifier or yes_no)"),
+    (lambda c: {**c, "template": "garbage"}, "a template is a JSON object"),
+    (lambda c: {**c, "template": None}, "field 'template': the yes_no head needs a prompt template"),
+    (lambda c: {**c, "template": {k: v for k, v in c["template"].items() if k != "yes"}}, "yes: a string is required"),
+    (lambda c: {**c, "template": {**c["template"], "text": "no slots"}}, "needs exactly one {query} slot, found 0"),
+    (lambda c: {**c, "template": {**c["template"], "yes": "no"}}, "yes 'no' and no 'no' are the same token"),
+    (lambda c: {**c, "instruction": 5}, "field 'instruction': must be a string or null, got 5"),
+    (lambda c: {**c, "max_len": "abc"}, "field 'max_len': must be a positive integer or null, got 'abc'"),
+    (lambda c: {**c, "padding_side": "left"}, "field 'padding_side': must be 'right'"),
+    (lambda c: {**c, "pad_token_id": "x"}, "field 'pad_token_id': must be a token id or null, got 'x'"),
+    (lambda c: {**c, "extra": 1}, "unknown field(s) extra"),
+]
+
+
+@pytest.mark.parametrize("edit, message", CONTRACT_EDITS, ids=[m[:24] for _, m in CONTRACT_EDITS])
+def test_an_edited_scoring_contract_is_named_field_by_field(work, decoder, capsys, monkeypatch, edit, message):
+    monkeypatch.setattr(model_loader, "load_weights", _refused("weights loaded"))
+    model_dir = work / "scored"
+    shutil.copytree(decoder, model_dir)
+    config = model_loader.load_config(model_dir)
+    saved = resolve_contract(str(model_dir), config, model_loader.load_tokenizer(model_dir, config), "yes_no")
+    (model_dir / CONTRACT_FILE).write_text(json.dumps(edit(json.loads(saved.to_json()))))
+    argv = ["rerank", *_fill(DECODER_RERANK, work, model_dir)]
+    capsys.readouterr()
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bigrerank rerank: error: "), lines
+    assert message in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- consolidate's target directory

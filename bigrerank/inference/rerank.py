@@ -38,6 +38,7 @@ def check_scoring(model_dir, max_len: int | None = None, score_head: str | None 
     config = load_config(model_dir)
     tokenizer = load_tokenizer(model_dir, config)
     contract = resolve_contract(str(model_dir), config, tokenizer, score_head, template, instruction)
+    contract.head.check_scorable(config, model_dir)
     length = scoring_max_len(max_len, contract, config, tokenizer)
     problem = max_len_problem(length, getattr(config, "max_position_embeddings", None))
     if problem:

@@ -107,6 +107,7 @@ class RerankerForInference(nn.Module):
         config = load_config(model_name_or_path)
         tokenizer = load_tokenizer(model_name_or_path, config)
         contract = resolve_contract(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
+        contract.head.check_scorable(config, model_name_or_path)
         hf_model = load_reranker(model_name_or_path, contract=contract, one_logit=False, **model_kwargs)
         return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
                    torch_compile=torch_compile, contract=contract)
