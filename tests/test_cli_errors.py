@@ -202,8 +202,8 @@ def decoder(tmp_path_factory):
 def _fill(argv: list[str], work: Path, decoder: Path | None = None) -> list[str]:
     names = {"dir": work, "decoder": decoder, "out": work / "new_output", "model": work / "model",
              "groups": work / "groups.jsonl", "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl",
-             "qrels": work / "qrels.tsv", "run": work / "run.trec", "scores": work / "scores.tsv", "ints": work / "ints.tsv",
-             "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
+             "qrels": work / "qrels.tsv", "run": work / "run.trec", "scores": work / "scores.tsv",
+             "ints": work / "ints.tsv", "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
     return [arg.format(**names) for arg in argv]
 
 
