@@ -190,6 +190,13 @@ CASES["plan"] = [
      "bad_model: not a valid model config (Validation error for field 'hidden_size'"),
     (["--model", "{afile}", "--gpus_per_node", "0"], "afile: a file, not a model directory or a model's config.json"),
 ]
+FUSE = ["--runs", "{run}", "{scores}", "--output", "{out}.trec"]
+CASES["fuse"] = [
+    (FUSE + ["--weights", "nan", "nan"], "--weights: --method wsum: each weight must be a finite number of at least 0"),
+    (FUSE + ["--weights", "1", "-1"], "--weights: --method wsum: each weight must be a finite number of at least 0"),
+    (FUSE + ["--weights", "0", "0"], "--weights: --method wsum: weights that are all 0 give every document the same"),
+    (FUSE + ["--method", "logn_isr", "--weights", "inf"], "--weights: --method logn_isr: sigma must be finite"),
+]
 TABLE = [(command, argv, message) for command, cases in CASES.items() for argv, message in cases]
 
 
