@@ -49,6 +49,10 @@ def work(tmp_path):
     template = {"template": "Q: {query} P: {passage}", "yes": "yes", "no": "no"}
     (tmp_path / "plain.json").write_text(json.dumps(template))  # no {instruction} slot
     (tmp_path / "same.json").write_text(json.dumps({**template, "no": "yes"}))
+    (tmp_path / "part.trec").write_text("q1 Q0 d1 1 3.5 r\n")  # q1 alone
+    (tmp_path / "empty.trec").write_text("")
+    (tmp_path / "one.qrels").write_text("q1 0 d1 1\n")
+    (tmp_path / "other.qrels").write_text("q7 0 d1 1\nq8 0 d1 1\n")
     (tmp_path / "bad_config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
     (tmp_path / "bad_model").mkdir()
     (tmp_path / "bad_model" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
@@ -149,6 +153,13 @@ CASES = {
         (["--qrels", "{qrels}", "--run", "{ints}", "--output", "{out}.json"], "pass --run_format marco or"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--metrics", "Bogus@3"], "unknown metric 'Bogus@3'"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--output", "{outdir}"], "is a directory"),
+        (["--qrels", "{qrels}", "--compare", "{run}", "{dir}/part.trec"],
+         "part.trec: ranks no documents for judged query 'q2' of"),
+        (["--qrels", "{qrels}", "--compare", "{dir}/part.trec", "{run}"], "compared runs must rank the same judged"),
+        (["--qrels", "{qrels}", "--compare", "{run}", "{dir}/empty.trec"], "empty.trec: empty run"),
+        (["--qrels", "{dir}/one.qrels", "--compare", "{run}", "{scores}"],
+         "one.qrels: 1 judged query: a paired test needs at least 2"),
+        (["--qrels", "{dir}/other.qrels", "--compare", "{run}", "{scores}"], "no judged query is ranked by"),
     ],
     "hostfile": [
         (["--output", "{outdir}"], "is a directory"),
