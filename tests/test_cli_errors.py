@@ -49,6 +49,7 @@ def work(tmp_path):
     template = {"template": "Q: {query} P: {passage}", "yes": "yes", "no": "no"}
     (tmp_path / "plain.json").write_text(json.dumps(template))  # no {instruction} slot
     (tmp_path / "same.json").write_text(json.dumps({**template, "no": "yes"}))
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"qid": "q1", "pid": "d1", "qry": "cold", "psg": "it is"}) + "\n")
     (tmp_path / "part.trec").write_text("q1 Q0 d1 1 3.5 r\n")  # q1 alone
     (tmp_path / "empty.trec").write_text("")
     (tmp_path / "one.qrels").write_text("q1 0 d1 1\n")
@@ -111,6 +112,8 @@ CASES = {
         (TRAIN + ["--eval_ids", "{scores}"], "--eval_ids goes with --eval_path"),
         (TRAIN + ["--eval_path", "{groups}", "--eval_qrels", "{qrels}", "--eval_steps", "0"],
          "--eval_steps must be at least 1"),
+        (TRAIN + ["--eval_path", "{groups}", "--eval_qrels", "{qrels}", "--metric_for_best_model", "P@0"],
+         "--metric_for_best_model: metric 'P@0': the cut-off after @ must be between 1 and 2147483647"),
     ],
     "retrieve": [
         (RETRIEVE + ["--output", "{run}.new", "--depth", "0"], "--depth must be at least 1"),
@@ -153,6 +156,8 @@ CASES = {
         (["--qrels", "{qrels}", "--run", "{ints}", "--output", "{out}.json"], "pass --run_format marco or"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--metrics", "Bogus@3"], "unknown metric 'Bogus@3'"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--output", "{outdir}"], "is a directory"),
+        (["--qrels", "{qrels}", "--run", "{run}", "--metrics", "nDCG@0"],
+         "metric 'nDCG@0': the cut-off after @ must be between 1 and 2147483647"),
         (["--qrels", "{qrels}", "--compare", "{run}", "{dir}/part.trec"],
          "part.trec: ranks no documents for judged query 'q2' of"),
         (["--qrels", "{qrels}", "--compare", "{dir}/part.trec", "{run}"], "compared runs must rank the same judged"),
@@ -178,6 +183,8 @@ EVAL_RUN = ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_corpus
 CASES["train"] += [
     (DECODER_TRAIN + ["--max_len", "20"], NO_ROOM),
     (DECODER_TRAIN + ["--max_len", "20", *EVAL_RUN], NO_ROOM),
+    (DECODER_TRAIN + ["--eval_path", "{dir}/pairs.jsonl", "--eval_qrels", "{dir}/other.qrels"],
+     "other.qrels: --eval_qrels: none of its 2 judged queries has eval candidates"),
     (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
     (DECODER_TRAIN + ["--template", "{dir}/same.json"], "yes 'yes' and no 'yes' are the same token"),
     (DECODER_TRAIN + ["--template", "{dir}/plain.json", "--instruction", "judge"],
