@@ -103,9 +103,12 @@ class ClassifierHead:
         with torch.device("meta"):
             return self.auto_class.from_config(config)
 
+    untargetable_why = "it trains in full beside the adapters"
+
     def untargetable(self, model) -> set:
-        """Modules LoRA must not adapt: none (the head itself trains in full)."""
-        return set()
+        """Modules LoRA must not adapt: the classification head's (peft trains it in full, `modules_to_save`)."""
+        heads = (getattr(model, name, None) for name in ("classifier", "score"))
+        return {module for head in heads if isinstance(head, nn.Module) for module in head.modules()}
 
     def scores(self, logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(pairs,) scores from (pairs, 1) logits."""
@@ -162,6 +165,8 @@ class YesNoHead:
     def on_meta(self, config):
         with torch.device("meta"):
             return self.auto_class.from_config(config)
+
+    untargetable_why = "its answer rows stay frozen"
 
     def untargetable(self, model) -> set:
         """The LM head (the answer rows): no LoRA target."""

@@ -187,6 +187,8 @@ CASES["train"] += [
      "other.qrels: --eval_qrels: none of its 2 judged queries has eval candidates"),
     (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
     (DECODER_TRAIN + ["--template", "{dir}/same.json"], "yes 'yes' and no 'yes' are the same token"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--lora_r", "4", "--lora_target_modules", "score"],
+     "--lora_target_modules: 'score' is in the classifier score head, which LoRA does not adapt: it trains in full"),
     (DECODER_TRAIN + ["--template", "{dir}/plain.json", "--instruction", "judge"],
      "--instruction: the plain template has no {instruction} slot"),
     (DECODER_TRAIN[:-1] + ["classifier", "--template", "pair", "--instruction", "judge"],
@@ -207,6 +209,10 @@ CASES["plan"] = [
     (["--model", "{dir}/bad_model", "--gpus_per_node", "0"],
      "bad_model: not a valid model config (Validation error for field 'hidden_size'"),
     (["--model", "{afile}", "--gpus_per_node", "0"], "afile: a file, not a model directory or a model's config.json"),
+    (["--model", "{decoder}/config.json", "--gpus_per_node", "0", "--lora_r", "4", "--lora_target_modules", "qq"],
+     "config.json: --lora_target_modules: the model has no module 'qq' (its block projections: mlp.down_proj"),
+    (["--model", "{decoder}", "--gpus_per_node", "0", "--lora_r", "4", "--lora_target_modules", "lm_head"],
+     "--lora_target_modules: 'lm_head' is in the yes_no score head, which LoRA does not adapt"),
 ]
 FUSE = ["--runs", "{run}", "{scores}", "--output", "{out}.trec"]
 CASES["fuse"] = [
