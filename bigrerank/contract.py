@@ -60,6 +60,12 @@ class ScoringContract:
             return self
         return replace(self, score_head=heads.CLASSIFIER.name, append_eos=False)
 
+    def check_keep_causal_lm(self, where) -> None:
+        """InputError for --keep_causal_lm on a model whose head is not yes_no (it has no causal LM to keep)."""
+        if self.head is not heads.YES_NO:
+            raise InputError(where, f"--keep_causal_lm: keeps a yes_no model a causal LM; this model's score head is "
+                                    f"{self.score_head}")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 

@@ -187,6 +187,8 @@ CASES["train"] += [
      "other.qrels: --eval_qrels: none of its 2 judged queries has eval candidates"),
     (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
     (DECODER_TRAIN + ["--template", "{dir}/same.json"], "yes 'yes' and no 'yes' are the same token"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--keep_causal_lm"],
+     "--keep_causal_lm: keeps a yes_no model a causal LM; this model's score head is classifier"),
     (DECODER_TRAIN[:-1] + ["classifier", "--lora_r", "4", "--lora_target_modules", "score"],
      "--lora_target_modules: 'score' is in the classifier score head, which LoRA does not adapt: it trains in full"),
     (DECODER_TRAIN + ["--template", "{dir}/plain.json", "--instruction", "judge"],

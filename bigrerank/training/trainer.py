@@ -116,6 +116,8 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     tokenizer, contract, encoder = pair_encoding(model_args, data_args, model_config)
     if model_args.head_init_std is not None:
         contract.head.check_reset()
+    if model_args.keep_causal_lm:
+        contract.check_keep_causal_lm(model_args.model_name_or_path)
     lora.check_targets(model_args, model_config, contract.head)
     check_training(model_args, data_args, args, raw_config, model_config)  # the memory plan, before the model loads
     resume_dir = output_dir.check(data_args, args, model_config, model_args.model_name_or_path)
