@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from bigrerank import hardware
+from bigrerank.hardware import matmul_gflops  # noqa: F401 (the benchmarks' matmul peak)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("BIGRERANK_DATA", REPO.parent / "shared" / "data"))
 SCIFACT = DATA / "scifact"
@@ -143,20 +146,16 @@ def mean_rate(rows: list[dict], key: str) -> float:
     return len(rows) / sum(1.0 / r[key] for r in rows)
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
-    """Sustained GFLOP/s of a square torch.matmul: the peak that model-FLOPs utilisation is measured against."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    sync()
-    return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
+def precisions(requested: str, device: str = "cpu") -> list[str]:
+    """The precisions of a run: `requested` ("fp32,bf16"; "auto": fp32, plus bf16 where it is computed natively),
+    leaving out, with a line saying so, bf16 on a CPU that only emulates it (20-30x slower than fp32: a bf16 round
+    there measures the emulation, not the code)."""
+    wanted = ["fp32", "bf16"] if requested == "auto" else requested.split(",")
+    if "bf16" in wanted and not str(device).startswith("cuda") and not hardware.native_bf16():
+        print("bf16 left out: this CPU has no AVX-512 BF16 or AMX, so it emulates bf16 (20-30x slower than fp32)",
+              flush=True)
+        wanted.remove("bf16")
+    return wanted
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,12 @@ MAX_LEN=${QUALITY_MAX_LEN:-96}
 STEPS=${QUALITY_STEPS:-600}
 HEAD=${QUALITY_HEAD_INIT_STD:-0.2}
 DEPTH=${QUALITY_DEPTH:-100}
-BF16=${QUALITY_BF16:-1}  # train in bf16; 0 = fp32
+BF16=${QUALITY_BF16:-auto}  # 1: train in bf16; 0: fp32; auto: bf16 only where the CPU computes it natively
+if [[ $BF16 == auto ]]; then
+    BF16=0
+    grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && BF16=1
+fi
+echo "bench/quality.sh: training in $([[ $BF16 == 1 ]] && echo bf16 || echo fp32) (QUALITY_BF16=${QUALITY_BF16:-auto})"
 base=(--learning_rate "$LR" --warmup_ratio "$WARMUP" --per_device_train_batch_size "$BATCH" --max_len "$MAX_LEN"
       --head_init_std "$HEAD" --depth "$DEPTH")
 [[ $BF16 == 1 ]] && base+=(--bf16)

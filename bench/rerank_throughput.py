@@ -1,7 +1,7 @@
 """Reranking throughput: bigrerank's scoring path vs sentence-transformers `CrossEncoder.predict`.
 
 Same model (MiniLM-L6 with a fresh 1-logit head), same candidates (BM25 top-K of SciFact dev queries), same
-max_len and batch size, fp32 and bf16, timed from text pairs to scores. Each system lives in its own process,
+max_len and batch size, fp32 and bf16 (bf16 only where computed natively, unless --dtypes asks), timed from text pairs to scores. Each system lives in its own process,
 set up as its user would run it: bigrerank as `bigrerank rerank` runs (freed host memory retained, see
 bigrerank/inference/host_memory.py), eager and with `--torch_compile`; sentence-transformers with glibc's
 defaults, plus a row with the same allocator setting as bigrerank, so the code's share of the gain is visible.
@@ -11,7 +11,7 @@ matmul's GFLOP/s measured in the same run; model FLOPs: common.model_flops (forw
 parameters + attention's 4 x layers x hidden x pair length, per token).
 
     python bench/rerank_throughput.py [--queries 15] [--depth 20] [--max_len 256] [--batch_size 32] [--rounds 3]
-                                      [--device cpu|cuda]
+                                      [--device cpu|cuda] [--dtypes auto|fp32|fp32,bf16]
 
 BIGRERANK_BENCH_MODEL and BIGRERANK_DATA override the model directory and the data root (see common.py).
 """
@@ -46,8 +46,8 @@ class System:
         return f"{self.library}{compiled}{retained} {self.precision}"
 
 
-def systems() -> list[System]:
-    return [system for precision in PRECISIONS for system in (
+def systems(precisions: list[str]) -> list[System]:
+    return [system for precision in precisions for system in (
         System("bigrerank", precision, retain_freed_memory=True),
         System("bigrerank", precision, torch_compile=True, retain_freed_memory=True),
         System("sentence-transformers", precision),
@@ -112,7 +112,9 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", default="auto", help="fp32,bf16; auto: fp32, and bf16 where it is native")
     args = parser.parse_args()
+    precisions = common.precisions(args.dtypes, args.device)
     common.require_scifact()
     try:
         import sentence_transformers
@@ -134,8 +136,8 @@ def main() -> int:
         flops = common.model_flops(common.model_shape(probe.hf_model), tokens, sum(n * n for n in lengths) / tokens,
                                    training=False)
         size = 8192 if args.device == "cuda" else 2048
-        peak = {p: common.matmul_gflops(d, size if p == "fp32" else 2 * size, device=args.device)
-                for p, d in PRECISIONS.items()}
+        peak = {p: common.matmul_gflops(PRECISIONS[p], size if p == "fp32" else 2 * size, device=args.device)
+                for p in precisions}
         where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"{len(candidates)} pairs ({len(first)} SciFact dev queries x BM25 top-{args.depth}), {tokens} tokens, "
               f"max_len {args.max_len}, batch {args.batch_size}, {where}, model {common.model_label()}, "
@@ -143,7 +145,7 @@ def main() -> int:
               f"{args.rounds} interleaved rounds", flush=True)
         workers = {}
         context = mp.get_context("spawn")
-        for system in systems():  # started one at a time, so warm-ups (and compiles) do not overlap
+        for system in systems(precisions):  # started one at a time, so warm-ups (and compiles) do not overlap
             conn, child = context.Pipe()
             process = context.Process(target=serve, args=(system, model_dir, candidates, args, child), daemon=True)
             process.start()
@@ -164,7 +166,7 @@ def main() -> int:
 
 
 def print_table(best: dict, pairs: int, flops: float, peak: dict[str, float]) -> None:
-    print(f"\nmatmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s\n")
+    print("\nmatmul peak: " + ", ".join(f"{p} {rate:.0f} GFLOP/s" for p, rate in peak.items()) + "\n")
     rows = []
     for system, (seconds, scores) in best.items():
         st_seconds, st_scores = best[System("sentence-transformers", system.precision)]
@@ -174,6 +176,8 @@ def print_table(best: dict, pairs: int, flops: float, peak: dict[str, float]) ->
                      f"{max(abs(a - b) for a, b in zip(scores, st_scores)):.2e}"])
     print(common.table(["system", "pairs/s", "vs sentence-transformers", "GFLOP/s", "% of matmul peak",
                         "max abs diff vs ST"], rows))
+    if "bf16" not in peak:
+        return
     fp32, bf16 = best[System("bigrerank", "fp32", False, True)][1], best[System("bigrerank", "bf16", False, True)][1]
     print(f"\nbigrerank bf16 vs fp32 scores: max abs diff {max(abs(a - b) for a, b in zip(fp32, bf16)):.2e}")
 

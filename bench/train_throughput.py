@@ -3,14 +3,14 @@
 Same backbone (MiniLM-L6), same SciFact groups (1 positive + 7 BM25 negatives, batch of 4 queries, max_len 128),
 each configuration in a FRESH subprocess, the first step excluded from timing (warm-up):
   (a) plain loop: HF model, tokenizer call, LCE cross-entropy, backward, grad clipping, torch AdamW;
-  (b) `launch/train.py` on ZeRO-0 and ZeRO-2, fp32 and bf16 (pairs/s from train_log.jsonl, steps 2..N);
+  (b) `launch/train.py` on ZeRO-0 and ZeRO-2, fp32 and bf16 where native (pairs/s from train_log.jsonl, steps 2..N);
   (c) sentence-transformers' CrossEncoderTrainer (v4+) with its listwise ListNetLoss over the same groups
       (labels [30, 0, ...]: a one-hot target, i.e. the same cross-entropy as LCE), in the same group order.
 Model-FLOPs utilisation = common.model_flops (6 x non-embedding params + attention's 12 x layers x hidden x mean
 pair length, per token) x tokens/s over a square-matmul peak measured in this run for each dtype.
 Targets: bigrerank / plain loop >= 0.9; bigrerank / sentence-transformers >= 1.2.
 
-    python bench/train_throughput.py [--steps 3] [--threads N] [--dtypes fp32,bf16] [--st-dtypes fp32] [--skip-st]
+    python bench/train_throughput.py [--steps 3] [--threads N] [--dtypes auto|fp32|fp32,bf16] [--st-dtypes fp32] [--skip-st]
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     parser.add_argument("--skip-st", action="store_true", help="leave sentence-transformers out")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="dtypes of (a) and (b)")
+    parser.add_argument("--dtypes", default="auto", help="dtypes of (a) and (b); auto: fp32, and bf16 where native")
     parser.add_argument("--st-dtypes", default="fp32", help="dtypes of (c) (its CPU bf16 autocast is slow)")
     parser.add_argument("--child", choices=["plain", "st"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -171,7 +171,7 @@ def main() -> int:
     common.require_scifact()
     threads = opts.threads or os.cpu_count()
     torch.set_num_threads(threads)
-    dtypes = opts.dtypes.split(",")
+    dtypes = common.precisions(opts.dtypes)
     from bigrerank.model import load_reranker
 
     shape = common.model_shape(load_reranker(common.minilm_dir()))

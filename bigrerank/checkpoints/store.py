@@ -33,6 +33,7 @@ from ..rng import RngState
 
 log = logging.getLogger(__name__)
 MANIFEST = "COMPLETE"
+UNIVERSAL_DIR = "universal"  # <checkpoints>/universal/<tag>/: a tag converted for another topology (universal.py)
 TAG = re.compile(r"^step-(\d+)$")
 
 
@@ -246,12 +247,14 @@ def trusted(tag_dir: Path, fall_back: bool) -> Path:
         tag_dir = tag_dir.parent / older[-1]
 
 
-def load(engine, tag_dir: Path) -> dict:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns the saved client state."""
-    _, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+def load(engine, tag_dir: Path, states_dir: Path | None = None) -> dict:
+    """Restore model, optimizer, scheduler and this rank's RNG; returns the saved client state. `states_dir`: the
+    tag's engine states in another form (its universal conversion), the RNG still from `tag_dir`."""
+    states_dir = states_dir or tag_dir
+    _, client_state = engine.load_checkpoint(str(states_dir.parent), tag=states_dir.name, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
     if client_state is None:
-        raise ValueError(f"DeepSpeed could not load the checkpoint {tag_dir}")
+        raise ValueError(f"DeepSpeed could not load the checkpoint {states_dir}")
     rng_file = tag_dir / f"rng_state_{distributed.rank()}.pt"
     if rng_file.is_file():
         RngState.from_dict(torch.load(rng_file, weights_only=False)).restore()
@@ -270,3 +273,4 @@ def rotate(root, keep: int | None, protect: str | None = None) -> None:
     tags = [t for t in complete if t not in spared]
     for tag in tags[:max(0, len(tags) - max(0, keep - len(spared)))]:
         shutil.rmtree(root / tag, ignore_errors=True)
+        shutil.rmtree(root / UNIVERSAL_DIR / tag, ignore_errors=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import distributed
+from .. import distributed, hardware
 from ..checkpoints.consolidate import TRAINING_INFO
 from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     check_scoring(args.model, max_len, args.score_head, args.template, args.instruction)  # before any rank starts
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
     rank, world, device, started = start_ranks()
+    warning = hardware.bf16_warning() if args.bf16 and rank == 0 and device.type == "cpu" else None
+    if warning:
+        print(f"bigrerank rerank: warning: {warning}", file=sys.stderr)
     finished = False
     try:
         reranker = open_reranker(args.model, max_len=max_len, device=device, precision=args.precision,

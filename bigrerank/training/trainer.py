@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, ds_config, lora, losses
-from ..checkpoints import store
+from .. import distributed, ds_config, hardware, lora, losses
+from ..checkpoints import store, universal
 from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..contract import CONTRACT_FILE, ScoringContract, make_encoder, resolve_contract
@@ -44,21 +44,26 @@ def schedule(num_queries: int, args, shard: Shard) -> tuple[int, int]:
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, as Hugging Face does (no decay for biases and norms)."""
+    """Weight decay on matrices only, as Hugging Face does (no decay for biases and norms). A ZeRO-3 parameter is
+    an empty placeholder once partitioned: its shape is `ds_shape`."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
+            (no_decay if len(getattr(param, "ds_shape", param.shape)) < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None):
-    """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes."""
+def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None,
+                 load_universal: bool = False):
+    """The DeepSpeed engine around the reranker; `model_config` (the backbone's) fills the config's "auto" sizes;
+    `load_universal`: it will resume from a universal checkpoint (checkpoints/universal.py)."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
     hidden = getattr(model_config, "hidden_size", None)
     config = ds_config.fill_auto(raw_config, args, world, total_steps, hidden, path=args.ds_config)
+    if load_universal:
+        config = {**config, "checkpoint": {**config.get("checkpoint", {}), "load_universal": True}}
     # ZeRO-3: while this object lives, from_pretrained partitions the weights as it loads them.
     keep_alive = HfDeepSpeedConfig(config) if ds_config.zero_stage(config) == 3 else None
     model = lora.prepare(load_reranker(model_args.model_name_or_path, model_args.head_init_std, contract), model_args,
@@ -82,6 +87,7 @@ class TrainingSetup:
     steps_per_epoch: int
     total_steps: int
     resume_dir: Path | None         # the checkpoint to resume from (checked against this run's settings)
+    states_dir: Path | None         # its engine states: resume_dir, or its universal form on another topology
     recorded: dict                 # this run's settings, saved in every checkpoint for resume checks
     eval_set: evaluation.EvalSet | None = None  # the candidates and qrels of evaluation while training
 
@@ -108,6 +114,14 @@ def pair_encoding(model_args, data_args, model_config) -> tuple[object, ScoringC
     return tokenizer, contract, encoder
 
 
+def warn_slow_bf16(args) -> None:
+    """On a CPU that emulates bf16, rank 0 says so before training in it (hardware.py)."""
+    if args.bf16 and distributed.rank() == 0 and not torch.cuda.is_available():
+        warning = hardware.bf16_warning()
+        if warning:
+            log.warning(warning)
+
+
 def prepare(model_args, data_args, args) -> TrainingSetup:
     """Validate the inputs, start the ranks, load the data (once per machine) and build the engine."""
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
@@ -123,6 +137,7 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     resume_dir = output_dir.check(data_args, args, model_config, model_args.model_name_or_path)
     eval_set = evaluation.read_eval_set(args, len(tokenizer))
     distributed.init(args.ddp_timeout)
+    warn_slow_bf16(args)
     if resume_dir is not None:  # every file as saved (checksums, the ranks sharing the work), or an older tag
         resume_dir = store.trusted(resume_dir, fall_back=args.resume_from_checkpoint == "latest")
     shard = Shard(distributed.rank(), distributed.world_size(), args.collaborative)
@@ -134,13 +149,17 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     steps_per_epoch, total_steps = schedule(len(sampler), args, shard)
     recorded = resume_check.settings(model_args, data_args, args, shard.world, dataset, raw_config, total_steps)
     resume_check.check(resume_dir, recorded)
+    states_dir = resume_dir
+    if resume_dir is not None and universal.needs_conversion(resume_dir, shard.world, ds_config.zero_stage(raw_config)):
+        states_dir = distributed.main_first(lambda: universal.convert(resume_dir))
     torch.manual_seed(args.seed)  # the same new head on every rank
-    engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract)
+    engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract,
+                                  load_universal=states_dir != resume_dir)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
     source = MicroBatchSource(sampler, encoder, shard, args.per_device_train_batch_size, args.grad_cache_chunk_size,
                               is_text(dataset), with_teacher, engine.device)
     return TrainingSetup(engine, config, tokenizer, contract, source, steps_per_epoch, total_steps, resume_dir,
-                         recorded, eval_set)
+                         states_dir, recorded, eval_set)
 
 
 def training_info(model_args, data_args, args, setup: TrainingSetup) -> dict:
@@ -168,7 +187,9 @@ class Checkpoints:
         resume_dir = self.setup.resume_dir
         if not resume_dir:
             return 0
-        step = store.load(self.setup.engine, resume_dir)["step"]
+        step = store.load(self.setup.engine, resume_dir, self.setup.states_dir)["step"]
+        if self.setup.states_dir != resume_dir:
+            universal.separate_steps(self.setup.engine)
         log.info("resumed from %s at step %d", resume_dir, step)
         return step
 
