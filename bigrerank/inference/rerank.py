@@ -19,7 +19,7 @@ from ..data.candidates import Candidate, encode_candidates
 from ..errors import InputError, UsageError
 from ..model import load_config, load_tokenizer, max_len_problem
 from ..sharded_scoring import score_sharded
-from .reranker import RerankerForInference, scoring_max_len
+from .reranker import RerankerForInference, effective_max_len
 
 
 def require_model_dir(model_dir) -> Path:
@@ -39,7 +39,7 @@ def check_scoring(model_dir, max_len: int | None = None, score_head: str | None 
     tokenizer = load_tokenizer(model_dir, config)
     contract = resolve_contract(str(model_dir), config, tokenizer, score_head, template, instruction)
     contract.head.check_scorable(config, model_dir)
-    length = scoring_max_len(max_len, contract, config, tokenizer)
+    length = effective_max_len(max_len, contract, config, tokenizer)
     problem = max_len_problem(length, getattr(config, "max_position_embeddings", None))
     if problem:
         raise UsageError(f"--{problem}")

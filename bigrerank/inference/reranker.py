@@ -52,7 +52,7 @@ def default_max_len(config, tokenizer) -> int:
     return int(min(limits))
 
 
-def scoring_max_len(max_len: int | None, contract: ScoringContract | None, config, tokenizer) -> int:
+def effective_max_len(max_len: int | None, contract: ScoringContract | None, config, tokenizer) -> int:
     """The pair length a model scores at: `max_len`, else its contract's (the training length), else its limit."""
     return max_len or (contract and contract.max_len) or default_max_len(config, tokenizer)
 
@@ -85,7 +85,7 @@ class RerankerForInference(nn.Module):
         self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
         self.tokenizer = tokenizer
         self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
-        self.max_len = self._check_max_len(scoring_max_len(max_len, contract, hf_model.config, tokenizer))
+        self.max_len = self._check_max_len(effective_max_len(max_len, contract, hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)
