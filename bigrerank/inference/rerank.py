@@ -16,7 +16,7 @@ from ..atomic import atomic_file
 from ..checkpoints.consolidate import TRAINING_INFO
 from ..contract import make_encoder, resolve_contract
 from ..data.candidates import Candidate, encode_candidates
-from ..errors import InputError, UsageError
+from ..errors import InputError
 from ..model import load_config, load_tokenizer, max_len_problem
 from ..sharded_scoring import score_sharded
 from .reranker import RerankerForInference, effective_max_len
@@ -42,7 +42,7 @@ def check_scoring(model_dir, max_len: int | None = None, score_head: str | None 
     length = effective_max_len(max_len, contract, config, tokenizer)
     problem = max_len_problem(length, getattr(config, "max_position_embeddings", None))
     if problem:
-        raise UsageError(f"--{problem}")
+        raise InputError("--max_len", problem)
     make_encoder(tokenizer, length, contract).require_room("--max_len")
 
 
