@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from . import heads
 from .data.pairs import PairEncoder
-from .data.templates import (CHAT, NAMES, PAIR, PromptEncoder, TemplateSpec, answer_token_id, has_chat_template,
-                             load_spec)
+from .data.templates import (CHAT, NAMES, PAIR, PromptEncoder, TemplateSpec, answer_token_id,
+                             has_chat_template, load_spec, spec_from_dict)
 from .errors import InputError
 
 log = logging.getLogger("bigrerank.contract")
@@ -60,6 +60,12 @@ class ScoringContract:
             return self
         return replace(self, score_head=heads.CLASSIFIER.name, append_eos=False)
 
+    def check_keep_causal_lm(self, where) -> None:
+        """InputError for --keep_causal_lm on a model whose head is not yes_no (it has no causal LM to keep)."""
+        if self.head is not heads.YES_NO:
+            raise InputError(where, f"--keep_causal_lm: keeps a yes_no model a causal LM; this model's score head is "
+                                    f"{self.score_head}")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
@@ -68,13 +74,51 @@ class ScoringContract:
 
     @classmethod
     def read(cls, directory) -> "ScoringContract | None":
+        """The contract saved in `directory` (None without one); a file edited into something else is an InputError
+        naming its field."""
         path = Path(directory) / CONTRACT_FILE
         if not path.is_file():
             return None
         try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
+            raw = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
             raise InputError(path, f"unreadable scoring contract ({e})") from None
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw, where) -> "ScoringContract":
+        """A contract from its JSON object, every field checked."""
+        if not isinstance(raw, dict):
+            raise InputError(where, "a scoring contract is a JSON object")
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(where, f"unknown field(s) {', '.join(unknown)}")
+        if raw.get("score_head") not in heads.HEADS:
+            raise InputError(where, f"{raw.get('score_head')!r} is no score head ({' or '.join(heads.HEADS)})",
+                             field="score_head")
+        if raw.get("template") is not None:
+            spec_from_dict(raw["template"], where)
+        elif raw["score_head"] == heads.YES_NO.name:
+            raise InputError(where, "the yes_no head needs a prompt template", field="template")
+        for name, ok, wanted in _FIELD_TYPES:
+            if name in raw and not ok(raw[name]):
+                raise InputError(where, f"{wanted}, got {raw[name]!r}", field=name)
+        return cls(**raw)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_FIELD_TYPES = (  # (field, check, what the check wants) of the contract's fields besides score_head and template
+    ("instruction", lambda v: v is None or isinstance(v, str), "must be a string or null"),
+    ("yes_token_id", lambda v: v is None or _is_int(v), "must be a token id or null"),
+    ("no_token_id", lambda v: v is None or _is_int(v), "must be a token id or null"),
+    ("append_eos", lambda v: isinstance(v, bool), "must be true or false"),
+    ("padding_side", lambda v: v == "right", "must be 'right' (pairs are right-padded)"),
+    ("max_len", lambda v: v is None or (_is_int(v) and v > 0), "must be a positive integer or null"),
+    ("pad_token_id", lambda v: v is None or _is_int(v), "must be a token id or null"),
+)
 
 
 def default_head_and_template(config, tokenizer) -> tuple[str, str]:
@@ -106,6 +150,7 @@ def resolve_contract(model_path: str, config, tokenizer, score_head: str | None 
     if saved is not None and score_head in (None, saved.score_head) and template is None:
         log.info("scoring contract from %s: %s head, %s template", Path(model_path) / CONTRACT_FILE,
                  saved.score_head, saved.template_name)
+        check_instruction(instruction, saved.spec)
         return build_contract(config, tokenizer, saved.score_head, saved.spec,
                               saved.instruction if instruction is None else instruction, max_len or saved.max_len,
                               model_path)
@@ -119,7 +164,16 @@ def resolve_contract(model_path: str, config, tokenizer, score_head: str | None 
         log.info("%s: no %s and no --template: %s head with the %s template (the default for '%s' checkpoints "
                  "of %s)", model_path, CONTRACT_FILE if saved is None else "usable " + CONTRACT_FILE, head, template,
                  config.model_type, "/".join(getattr(config, "architectures", None) or ["unknown architecture"]))
-    return build_contract(config, tokenizer, head, load_spec(template, tokenizer), instruction, max_len, model_path)
+    spec = load_spec(template, tokenizer)
+    check_instruction(instruction, spec)
+    return build_contract(config, tokenizer, head, spec, instruction, max_len, model_path)
+
+
+def check_instruction(instruction: str | None, spec: TemplateSpec | None) -> None:
+    """An --instruction needs a template with an {instruction} slot to go into."""
+    if instruction is not None and (spec is None or "{instruction}" not in spec.text):
+        name = spec.name if spec is not None else PAIR
+        raise InputError("--instruction", f"the {name} template has no {{instruction}} slot to put it in")
 
 
 def build_contract(config, tokenizer, head: str, spec: TemplateSpec | None, instruction: str | None,
@@ -134,6 +188,9 @@ def build_contract(config, tokenizer, head: str, spec: TemplateSpec | None, inst
                     "(the same in training, rerank and export)")
     yes = answer_token_id(tokenizer, spec.yes, f"template {spec.name}") if spec else None
     no = answer_token_id(tokenizer, spec.no, f"template {spec.name}") if spec and spec.no is not None else None
+    if yes is not None and yes == no:
+        raise InputError(f"template {spec.name}", f"yes {spec.yes!r} and no {spec.no!r} are the same token ({yes}): "
+                                                   "every score would be 0")
     if spec is not None and instruction is None:
         instruction = spec.instruction
     return ScoringContract(score_head=head, template=spec.to_dict() if spec else None, instruction=instruction,

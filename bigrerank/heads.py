@@ -92,15 +92,25 @@ class ClassifierHead:
     def check_config(self, config, where) -> None:
         """Any backbone can carry a classification head."""
 
+    def check_scorable(self, config, where) -> None:
+        """InputError for a causal-LM-only checkpoint: it has no trained classification head to score with."""
+        if causal_lm_only(config):
+            raise InputError(where, f"--score_head classifier: the checkpoint is a causal LM "
+                                    f"({'/'.join(config.architectures)}) without a trained classification head; "
+                                    "score it with --score_head yes_no")
+
     def on_meta(self, config):
         """The model class this head trains, built on `meta` (no weights); `config` gets one label."""
         config.num_labels = 1
         with torch.device("meta"):
             return self.auto_class.from_config(config)
 
+    untargetable_why = "it trains in full beside the adapters"
+
     def untargetable(self, model) -> set:
-        """Modules LoRA must not adapt: none (the head itself trains in full)."""
-        return set()
+        """Modules LoRA must not adapt: the classification head's (peft trains it in full, `modules_to_save`)."""
+        heads = (getattr(model, name, None) for name in ("classifier", "score"))
+        return {module for head in heads if isinstance(head, nn.Module) for module in head.modules()}
 
     def scores(self, logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(pairs,) scores from (pairs, 1) logits."""
@@ -142,6 +152,9 @@ class YesNoHead:
     def reset(self, model, std: float) -> None:
         self.check_reset()
 
+    def check_scorable(self, config, where) -> None:
+        """A checkpoint the yes_no head can train can be scored by it."""
+
     def check_config(self, config, where) -> None:
         """InputError unless the checkpoint is a decoder with an LM head."""
         if not is_decoder(config):
@@ -154,6 +167,8 @@ class YesNoHead:
     def on_meta(self, config):
         with torch.device("meta"):
             return self.auto_class.from_config(config)
+
+    untargetable_why = "its answer rows stay frozen"
 
     def untargetable(self, model) -> set:
         """The LM head (the answer rows): no LoRA target."""

@@ -52,12 +52,16 @@ def check_targets(model_args, model_config, head: heads.ScoreHead = heads.CLASSI
         return
     model = head.on_meta(copy.deepcopy(model_config))
     excluded = head.untargetable(model)
-    names = [name for name, module in model.named_modules() if module not in excluded]
     for target in model_args.lora_target_modules or []:
-        if not any(name == target or name.endswith("." + target) for name in names):
-            raise InputError(model_args.model_name_or_path,
-                             f"--lora_target_modules: the model has no module '{target}' (its block projections: "
-                             f"{', '.join(block_projections(model))})")
+        matched = [module for name, module in model.named_modules() if name == target or name.endswith("." + target)]
+        if not matched:
+            problem = f"the model has no module '{target}'"
+        elif all(module in excluded for module in matched):
+            problem = f"'{target}' is in the {head.name} score head, which LoRA does not adapt: {head.untargetable_why}"
+        else:
+            continue
+        raise InputError(model_args.model_name_or_path, f"--lora_target_modules: {problem} (its block projections: "
+                                                        f"{', '.join(block_projections(model))})")
 
 
 def lora_config(model, model_args):

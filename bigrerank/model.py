@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from . import gguf_file, heads, packed_scoring
@@ -26,13 +27,18 @@ log = logging.getLogger(__name__)
 def _from_pretrained(auto, source, **kwargs):
     """auto.from_pretrained(source), with a missing or unloadable model as an InputError naming it.
 
-    A GGUF file is checked first (gguf_file.check), then read by gguf_file.py."""
+    A GGUF file is checked first (gguf_file.check), then read by gguf_file.py; another file is refused."""
     if gguf_file.is_gguf(source):
         gguf_file.check(source)
+    elif Path(source).is_file():
+        alone = " or a model's config.json (where the config alone is read)" if auto is AutoConfig else ""
+        raise InputError(source, f"a file, not a model directory{alone}")
     try:
         if gguf_file.is_gguf(source):
             return gguf_file.from_pretrained(auto, source, **kwargs)
         return auto.from_pretrained(str(source), **kwargs)
+    except StrictDataclassError as e:  # a config value of the wrong type
+        raise InputError(source, f"not a valid model config ({_one_line(e)})") from None
     except (OSError, ValueError) as e:  # transformers' words for a missing, unreachable or unknown model
         raise InputError(source, f"{_unloadable(source)} ({str(e).splitlines()[0]})") from e
 
@@ -43,6 +49,10 @@ def _unloadable(source) -> str:
     if Path(source).exists():
         return "not a loadable model directory"
     return "no such directory, and the Hugging Face hub could not provide it"
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def load_config(source, **overrides):
@@ -68,6 +78,8 @@ def _config_file(path: Path, overrides: dict):
         config = AutoConfig.for_model(values.pop("model_type"), **{**values, **overrides})
     except (KeyError, ValueError) as e:
         raise InputError(path, f"unknown model type ({str(e).splitlines()[0]})", field="model_type") from None
+    except StrictDataclassError as e:  # a value of the wrong type
+        raise InputError(path, f"not a valid model config ({_one_line(e)})") from None
     return (config, {}) if split else config
 
 

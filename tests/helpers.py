@@ -40,6 +40,14 @@ def train_argv(model, train, out, config: str | None = "zero0", *extra, **settin
     return [*argv, *(str(e) for e in extra)]
 
 
+def run_cli(argv: list[str]) -> int:
+    """cli.main's exit code, whether it returns it or argparse exits with it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def launch_env() -> dict[str, str]:
     """This process's environment for a launched training process: one thread, unbuffered, no rank variables."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

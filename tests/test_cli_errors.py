@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bigrerank import __version__, cli, ds_config
+from bigrerank import __version__, cli, distributed, ds_config
+from bigrerank import model as model_loader
 from bigrerank.checkpoints.consolidate import TRAINING_INFO, check_export_dir
 from bigrerank.commands.train import parse as parse_train_args
+from bigrerank.contract import CONTRACT_FILE, resolve_contract
 from bigrerank.data.collection import read_run
 from bigrerank.data.grouped import load_groups
 from bigrerank.errors import InputError
 from bigrerank.training.evaluation import read_eval_set
+from tests.helpers import run_cli
 from tests.tiny import spread_model_dir, tiny_model_dir, write_beir, write_groups
+from tests.tiny_decoder import tiny_decoder_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"), "d3": ("code", "python code")}
@@ -41,19 +46,22 @@ def work(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes\n")
     write_groups(tmp_path / "groups.jsonl", queries=4)
+    template = {"template": "Q: {query} P: {passage}", "yes": "yes", "no": "no"}
+    (tmp_path / "plain.json").write_text(json.dumps(template))  # no {instruction} slot
+    (tmp_path / "same.json").write_text(json.dumps({**template, "no": "yes"}))
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"qid": "q1", "pid": "d1", "qry": "cold", "psg": "it is"}) + "\n")
+    (tmp_path / "part.trec").write_text("q1 Q0 d1 1 3.5 r\n")  # q1 alone
+    (tmp_path / "empty.trec").write_text("")
+    (tmp_path / "one.qrels").write_text("q1 0 d1 1\n")
+    (tmp_path / "other.qrels").write_text("q7 0 d1 1\nq8 0 d1 1\n")
+    (tmp_path / "bad_config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
+    (tmp_path / "bad_model").mkdir()
+    (tmp_path / "bad_model" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "big"}))
     return tmp_path
 
 
 def _files(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"" for p in sorted(directory.rglob("*"))}
-
-
-def run_cli(argv: list[str]) -> int:
-    """cli.main's exit code, whether it returns it or argparse exits with it."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 TRAIN = ["--model_name_or_path", "{model}", "--train_path", "{groups}", "--output_dir", "{out}"]
@@ -96,6 +104,8 @@ CASES = {
         (TRAIN + ["--eval_ids", "{scores}"], "--eval_ids goes with --eval_path"),
         (TRAIN + ["--eval_path", "{groups}", "--eval_qrels", "{qrels}", "--eval_steps", "0"],
          "--eval_steps must be at least 1"),
+        (TRAIN + ["--eval_path", "{groups}", "--eval_qrels", "{qrels}", "--metric_for_best_model", "P@0"],
+         "--metric_for_best_model: metric 'P@0': the cut-off after @ must be between 1 and 2147483647"),
     ],
     "retrieve": [
         (RETRIEVE + ["--output", "{run}.new", "--depth", "0"], "--depth must be at least 1"),
@@ -138,6 +148,15 @@ CASES = {
         (["--qrels", "{qrels}", "--run", "{ints}", "--output", "{out}.json"], "pass --run_format marco or"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--metrics", "Bogus@3"], "unknown metric 'Bogus@3'"),
         (["--qrels", "{qrels}", "--run", "{scores}", "--output", "{outdir}"], "is a directory"),
+        (["--qrels", "{qrels}", "--run", "{run}", "--metrics", "nDCG@0"],
+         "metric 'nDCG@0': the cut-off after @ must be between 1 and 2147483647"),
+        (["--qrels", "{qrels}", "--compare", "{run}", "{dir}/part.trec"],
+         "part.trec: ranks no documents for judged query 'q2' of"),
+        (["--qrels", "{qrels}", "--compare", "{dir}/part.trec", "{run}"], "compared runs must rank the same judged"),
+        (["--qrels", "{qrels}", "--compare", "{run}", "{dir}/empty.trec"], "empty.trec: empty run"),
+        (["--qrels", "{dir}/one.qrels", "--compare", "{run}", "{scores}"],
+         "one.qrels: 1 judged query: a paired test needs at least 2"),
+        (["--qrels", "{dir}/other.qrels", "--compare", "{run}", "{scores}"], "no judged query is ranked by"),
     ],
     "hostfile": [
         (["--output", "{outdir}"], "is a directory"),
@@ -147,28 +166,95 @@ CASES = {
         (["--steps", "0", "--output", "{out}"], "--steps must be at least 1"),
     ],
 }
+# the tiny decoder's qwen3-reranker prompt is 111 tokens: 115 holds 2 query and 2 passage tokens more
+NO_ROOM = "--max_len 20 leaves no room for a query and a passage; the template takes 111 tokens, use --max_len ≥ 115"
+DECODER_TRAIN = ["--model_name_or_path", "{decoder}", "--train_path", "{groups}", "--output_dir", "{out}",
+                 "--score_head", "yes_no"]
+EVAL_RUN = ["--eval_run", "{run}", "--eval_queries", "{queries}", "--eval_corpus", "{corpus}",
+            "--eval_qrels", "{qrels}"]
+CASES["train"] += [
+    (DECODER_TRAIN + ["--max_len", "20"], NO_ROOM),
+    (DECODER_TRAIN + ["--max_len", "20", *EVAL_RUN], NO_ROOM),
+    (DECODER_TRAIN + ["--eval_path", "{dir}/pairs.jsonl", "--eval_qrels", "{dir}/other.qrels"],
+     "other.qrels: --eval_qrels: none of its 2 judged queries has eval candidates"),
+    (DECODER_TRAIN + ["--max_len", "114"], NO_ROOM.replace("20", "114")),
+    (DECODER_TRAIN + ["--template", "{dir}/same.json"], "yes 'yes' and no 'yes' are the same token"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--keep_causal_lm"],
+     "--keep_causal_lm: keeps a yes_no model a causal LM; this model's score head is classifier"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--lora_r", "4", "--lora_target_modules", "score"],
+     "--lora_target_modules: 'score' is in the classifier score head, which LoRA does not adapt: it trains in full"),
+    (DECODER_TRAIN + ["--template", "{dir}/plain.json", "--instruction", "judge"],
+     "--instruction: the plain template has no {instruction} slot"),
+    (DECODER_TRAIN[:-1] + ["classifier", "--template", "pair", "--instruction", "judge"],
+     "--instruction: the pair template has no {instruction} slot"),
+]
+DECODER_RERANK = ["--model", "{decoder}", *RERANK[2:], "--output", "{out}.tsv"]
+CASES["rerank"] += [
+    (DECODER_RERANK + ["--score_head", "yes_no", "--max_len", "20"], NO_ROOM),
+    (DECODER_RERANK + ["--score_head", "classifier"],
+     "the checkpoint is a causal LM (Qwen3ForCausalLM) without a trained classification head"),
+    (DECODER_RERANK + ["--instruction", "judge", "--template", "{dir}/plain.json"],
+     "--instruction: the plain template has no {instruction} slot"),
+]
+CASES["plan"] = [
+    (["--model", "{decoder}", "--gpus_per_node", "0", "--score_head", "yes_no", "--max_len", "20"], NO_ROOM),
+    (["--model", "{dir}/bad_config.json", "--gpus_per_node", "0"],
+     "bad_config.json: not a valid model config (Validation error for field 'hidden_size'"),
+    (["--model", "{dir}/bad_model", "--gpus_per_node", "0"],
+     "bad_model: not a valid model config (Validation error for field 'hidden_size'"),
+    (["--model", "{afile}", "--gpus_per_node", "0"], "afile: a file, not a model directory or a model's config.json"),
+    (["--model", "{decoder}/config.json", "--gpus_per_node", "0", "--lora_r", "4", "--lora_target_modules", "qq"],
+     "config.json: --lora_target_modules: the model has no module 'qq' (its block projections: mlp.down_proj"),
+    (["--model", "{decoder}", "--gpus_per_node", "0", "--lora_r", "4", "--lora_target_modules", "lm_head"],
+     "--lora_target_modules: 'lm_head' is in the yes_no score head, which LoRA does not adapt"),
+]
+FUSE = ["--runs", "{run}", "{scores}", "--output", "{out}.trec"]
+CASES["fuse"] = [
+    (FUSE + ["--weights", "nan", "nan"], "--weights: --method wsum: each weight must be a finite number of at least 0"),
+    (FUSE + ["--weights", "1", "-1"], "--weights: --method wsum: each weight must be a finite number of at least 0"),
+    (FUSE + ["--weights", "0", "0"], "--weights: --method wsum: weights that are all 0 give every document the same"),
+    (FUSE + ["--method", "logn_isr", "--weights", "inf"], "--weights: --method logn_isr: sigma must be finite"),
+]
 TABLE = [(command, argv, message) for command, cases in CASES.items() for argv, message in cases]
 
 
-def _fill(argv: list[str], work: Path) -> list[str]:
-    names = {"dir": work, "out": work / "new_output", "model": work / "model", "groups": work / "groups.jsonl",
-             "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl", "qrels": work / "qrels.tsv",
-             "run": work / "run.trec", "scores": work / "scores.tsv", "ints": work / "ints.tsv",
-             "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """A tiny causal LM (Qwen3 architecture) with its tokenizer."""
+    return tiny_decoder_dir(tmp_path_factory.mktemp("decoder"))
+
+
+def _fill(argv: list[str], work: Path, decoder: Path | None = None) -> list[str]:
+    names = {"dir": work, "decoder": decoder, "out": work / "new_output", "model": work / "model",
+             "groups": work / "groups.jsonl", "corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl",
+             "qrels": work / "qrels.tsv", "run": work / "run.trec", "scores": work / "scores.tsv",
+             "ints": work / "ints.tsv", "outdir": work / "outdir", "afile": work / "afile", "mine": work / "mine"}
     return [arg.format(**names) for arg in argv]
 
 
 @pytest.mark.parametrize("command, argv, message", TABLE, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(TABLE)])
-def test_every_user_mistake_is_one_line_exit_2_and_writes_nothing(work, capsys, monkeypatch, command, argv, message):
+def test_every_user_mistake_is_one_line_exit_2_and_writes_nothing(work, capsys, monkeypatch, request, command, argv,
+                                                                  message):
+    """… found before any process group starts and before any weights load."""
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node1")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "1")
+    monkeypatch.setattr(distributed, "init", _refused("a process group started"))
+    monkeypatch.setattr(model_loader, "load_weights", _refused("weights loaded"))
+    decoder = request.getfixturevalue("decoder") if any("{decoder}" in arg for arg in argv) else None
+    capsys.readouterr()
     before = _files(work)
-    assert run_cli([command, *_fill(argv, work)]) == 2
+    assert run_cli([command, *_fill(argv, work, decoder)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"bigrerank {command}") and ": error: " in lines[0], lines[0]
     assert message in lines[0], lines[0]
     assert _files(work) == before
+
+
+def _refused(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} before the mistake was found")
+    return refuse
 
 
 def test_launch_train_py_ends_a_bad_value_as_one_line(work):
@@ -179,6 +265,40 @@ def test_launch_train_py_ends_a_bad_value_as_one_line(work):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
         assert proc.stderr.startswith("bigrerank train: error: ")
+
+
+# ---------------------------------------------------------------- an edited scoring contract
+
+CONTRACT_EDITS = [  # (edit of the saved contract, what the one line says)
+    (lambda c: "garbage", "a scoring contract is a JSON object"),
+    (lambda c: {**c, "score_head": "bogus"}, "field 'score_head': 'bogus' is no score head (classifier or yes_no)"),
+    (lambda c: {**c, "template": "garbage"}, "a template is a JSON object"),
+    (lambda c: {**c, "template": None}, "field 'template': the yes_no head needs a prompt template"),
+    (lambda c: {**c, "template": {k: v for k, v in c["template"].items() if k != "yes"}}, "yes: a string is required"),
+    (lambda c: {**c, "template": {**c["template"], "text": "no slots"}}, "needs exactly one {query} slot, found 0"),
+    (lambda c: {**c, "template": {**c["template"], "yes": "no"}}, "yes 'no' and no 'no' are the same token"),
+    (lambda c: {**c, "instruction": 5}, "field 'instruction': must be a string or null, got 5"),
+    (lambda c: {**c, "max_len": "abc"}, "field 'max_len': must be a positive integer or null, got 'abc'"),
+    (lambda c: {**c, "padding_side": "left"}, "field 'padding_side': must be 'right'"),
+    (lambda c: {**c, "pad_token_id": "x"}, "field 'pad_token_id': must be a token id or null, got 'x'"),
+    (lambda c: {**c, "extra": 1}, "unknown field(s) extra"),
+]
+
+
+@pytest.mark.parametrize("edit, message", CONTRACT_EDITS, ids=[m[:24] for _, m in CONTRACT_EDITS])
+def test_an_edited_scoring_contract_is_named_field_by_field(work, decoder, capsys, monkeypatch, edit, message):
+    monkeypatch.setattr(model_loader, "load_weights", _refused("weights loaded"))
+    model_dir = work / "scored"
+    shutil.copytree(decoder, model_dir)
+    config = model_loader.load_config(model_dir)
+    saved = resolve_contract(str(model_dir), config, model_loader.load_tokenizer(model_dir, config), "yes_no")
+    (model_dir / CONTRACT_FILE).write_text(json.dumps(edit(json.loads(saved.to_json()))))
+    argv = ["rerank", *_fill(DECODER_RERANK, work, model_dir)]
+    capsys.readouterr()
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bigrerank rerank: error: "), lines
+    assert message in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- consolidate's target directory

@@ -78,6 +78,14 @@ def test_consolidated_model_scores_like_the_live_engine(trained, tmp_path, stage
     assert not torch.equal(step2.classifier.weight, hf.classifier.weight)  # --tag picked the earlier step
 
 
+def test_keep_causal_lm_is_refused_for_a_classifier_checkpoint(trained, tmp_path, capsys):
+    out = trained[1][(1, False)] / "out"
+    assert cli.main(["consolidate", str(out / "checkpoints"), str(tmp_path / "kept"), "--keep_causal_lm"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--keep_causal_lm: keeps a yes_no model a causal LM; this model's "
+                                                    "score head is classifier")
+    assert not (tmp_path / "kept").exists()
+
+
 def test_consolidate_refuses_incomplete_checkpoints(tmp_path):
     (tmp_path / "ckpt" / "step-5").mkdir(parents=True)
     (tmp_path / "ckpt" / "latest").write_text("step-5")

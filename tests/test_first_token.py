@@ -14,6 +14,7 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, Distil
 from bigrerank.inference.first_token import FirstTokenScorer, unsupported
 from bigrerank.inference.reranker import RerankerForInference
 from tests.tiny import tiny_model_dir, tiny_tokenizer
+from tests.tiny_decoder import tiny_decoder_dir
 
 VOCAB = 60
 SIZES = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
@@ -99,7 +100,10 @@ def test_models_it_does_not_cover_are_named_and_scored_by_their_own_forward(tmp_
 
 
 @pytest.mark.slow  # the first torch.compile of a process: over a minute on 2 busy cores
-def test_compiled_scoring_matches_eager(tmp_path):
+def test_compiled_scoring_matches_eager(tmp_path, monkeypatch):
+    # inductor's on-disk cache is not keyed on the kernel set (ATEN_CPU_CAPABILITY …): kernels cached under another
+    # one abort the process when reused, so this test compiles into its own cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model_dir = tiny_model_dir(tmp_path / "model", init_range=0.2)
     queries = ["weather in new york", "python code", "what is it", "cold today"] * 3
     passages = ["it is cold today in new york", "the code of python", "it is what it is", "new york weather"] * 3
@@ -137,3 +141,73 @@ def test_weights_moved_after_set_up_are_refused_not_silently_mixed(tmp_path):
     reranker.hf_model.to(torch.float64)
     with pytest.raises(RuntimeError, match="build the RerankerForInference again"):
         reranker.score("weather in new york", "it is cold")
+
+
+QUERIES = ["weather in new york", "python code", "what is it", "cold today"] * 3
+PASSAGES = ["it is cold today in new york", "the code of python", "it is what it is", "new york weather"] * 3
+
+
+def _broken_compile(kind: str):
+    """A torch.compile stand-in whose graphs fail to build, or compute scores off by 1e-3, or NaN."""
+    def compile_(fn, dynamic=False):
+        def compiled(**batch):
+            if kind == "fails":
+                raise RuntimeError("C++ compile error\n/tmp/x.cpp:39: error: 'at::vec' has not been declared")
+            scores = fn(**batch)
+            return scores + 1e-3 if kind == "off" else torch.full_like(scores, float("nan"))
+        return compiled
+    return compile_
+
+
+@pytest.mark.parametrize("kind, reason", [("fails", "compiling failed (RuntimeError: C++ compile error)"),
+                                          ("off", "compiled scores differ from eager by up to 0.001"),
+                                          ("nan", "compiled scores are not finite where eager ones are")])
+def test_a_compile_that_fails_or_computes_wrong_scores_falls_back_to_eager(tmp_path, monkeypatch, caplog, kind,
+                                                                           reason):
+    model_dir = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    eager = RerankerForInference.from_pretrained(model_dir, max_len=32, device="cpu")
+    expected, expected_one = eager.score(QUERIES, PASSAGES, 5), eager.score(QUERIES[:1], PASSAGES[:1])
+    monkeypatch.setattr(torch, "compile", _broken_compile(kind))
+    compiled = RerankerForInference.from_pretrained(model_dir, max_len=32, device="cpu", torch_compile=True)
+    with caplog.at_level("WARNING", logger="bigrerank.rerank"):
+        assert compiled.score(QUERIES, PASSAGES, batch_size=5) == expected  # eager's own scores, every batch
+        assert compiled.score(QUERIES[:1], PASSAGES[:1]) == expected_one
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bigrerank.rerank"]
+    assert warnings == [f"--torch_compile: {compiled._score_pairs.fallback_reason}; scoring without compiling"]
+    assert reason in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_compiled_graph_that_agrees_is_checked_once_per_layout(tmp_path, monkeypatch, caplog):
+    model_dir = tiny_model_dir(tmp_path / "model", init_range=0.2)
+    calls = {"compiled": 0}
+
+    def counting_compile(fn, dynamic=False):
+        def compiled(**batch):
+            calls["compiled"] += 1
+            return fn(**batch)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    reranker = RerankerForInference.from_pretrained(model_dir, max_len=32, device="cpu", torch_compile=True)
+    checked = reranker._score_pairs
+    with caplog.at_level("WARNING", logger="bigrerank.rerank"):
+        reranker.score(QUERIES, PASSAGES, batch_size=5)  # batches of 5, 5 and 2 pairs: one layout (or two, unpadded)
+        layouts = len(checked.checked)
+        reranker.score(QUERIES, PASSAGES, batch_size=5)
+        reranker.score(QUERIES[:1], PASSAGES[:1])  # one pair: a new layout, checked too
+    assert checked.fallback_reason is None and not caplog.records
+    assert 1 <= layouts <= 2 and len(checked.checked) == layouts + 1
+    assert calls["compiled"] == 3 + 3 + 1  # every batch went through the compiled graph
+
+
+def test_a_decoder_scored_by_its_own_forward_falls_back_too(tmp_path, monkeypatch, caplog):
+    model_dir = tiny_decoder_dir(tmp_path / "decoder")
+    eager = RerankerForInference.from_pretrained(model_dir, max_len=160, device="cpu")
+    expected = eager.score(QUERIES[:4], PASSAGES[:4], batch_size=2)
+    monkeypatch.setattr(torch, "compile", _broken_compile("off"))
+    compiled = RerankerForInference.from_pretrained(model_dir, max_len=160, device="cpu", torch_compile=True)
+    assert compiled.full_forward_reason is not None
+    with caplog.at_level("WARNING", logger="bigrerank.rerank"):
+        assert compiled.score(QUERIES[:4], PASSAGES[:4], batch_size=2) == expected
+    assert "compiled scores differ from eager by up to 0.001" in compiled._model_scores.fallback_reason
+    assert len(caplog.records) == 1

@@ -21,16 +21,17 @@ from bigrerank.data.templates import PromptEncoder, load_spec
 from bigrerank.errors import InputError
 from bigrerank.inference.reranker import RerankerForInference
 from bigrerank.model import load_config, load_tokenizer
-from tests.test_cli_errors import run_cli
-from tests.test_decoder_scoring import PASSAGES, QUERIES
+from tests.helpers import run_cli
 from tests.tiny import write_beir, write_groups
-from tests.tiny_decoder import tiny_decoder_tokenizer
+from tests.tiny_decoder import PASSAGES, QUERIES, tiny_decoder_tokenizer
 from tests.tiny_gguf import tiny_chat_tokenizer, tiny_gguf
 
 needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None,
                                 reason="the gguf extra is not installed (pip install -e '.[gguf]')")
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEACHER_CORPUS = {"d1": ("new york", "it is cold today"), "d2": ("", "what is python"), "d3": ("code", "python code")}
+TEACHER_QUERIES = {"q1": "weather in new york", "q2": "python code"}
 MORE_QUERIES = ["What is the capital of France?", "0-dimensional biomaterials show inductive properties.",
                 "  spaces  and\ttabs", "naïve café — ünïcödé?"]
 MORE_PASSAGES = ["Paris is the capital.\n\nIt has 2,148,271 inhabitants (2020).", "<b>bold</b> claims: yes/no",
@@ -149,9 +150,7 @@ def test_rerank_a_gguf_scores_like_its_safetensors_copy(tiny, tmp_path):
 
 
 def test_a_gguf_teacher_scores_like_its_safetensors_copy(tiny, tmp_path):
-    from tests.test_cli_errors import CORPUS, QUERIES as BEIR_QUERIES
-
-    write_beir(tmp_path, CORPUS, BEIR_QUERIES)
+    write_beir(tmp_path, TEACHER_CORPUS, TEACHER_QUERIES)
     (tmp_path / "qrels.tsv").write_text("q1 0 d1 1\nq2 0 d3 1\n")
     (tmp_path / "run.trec").write_text("q1 Q0 d1 1 3.5 r\nq1 Q0 d2 2 1.5 r\nq2 Q0 d3 1 2.0 r\nq2 Q0 d2 2 1.0 r\n")
     scores = {}

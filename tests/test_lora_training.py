@@ -191,8 +191,10 @@ def test_bad_lora_flags_stop_before_training(tmp_path, capsys, flags, expected):
     assert not torch.distributed.is_initialized() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("target", ["score", "lm_head"])
-def test_yes_no_lora_refuses_head_targets_before_training(tmp_path, capsys, target):
+@pytest.mark.parametrize("target, problem", [("score", "the model has no module 'score'"),
+                                             ("lm_head", "'lm_head' is in the yes_no score head, which LoRA does not "
+                                                         "adapt: its answer rows stay frozen")])
+def test_yes_no_lora_refuses_head_targets_before_training(tmp_path, capsys, target, problem):
     """The yes_no contract trains the causal LM: its LM head (the answer rows) is no LoRA target, and a sequence
     classifier's `score` is not in it; both are refused before any process group starts."""
     decoder, train = tiny_decoder_dir(tmp_path / "qwen3", "qwen3"), write_groups(tmp_path / "g.jsonl", queries=8)
@@ -200,7 +202,7 @@ def test_yes_no_lora_refuses_head_targets_before_training(tmp_path, capsys, targ
                       "--max_len", "192", "--lora_r", "4", "--lora_target_modules", target, **LORA_RUN)
     assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err
-    assert f"--lora_target_modules: the model has no module '{target}'" in err and "self_attn.q_proj" in err, err
+    assert f"--lora_target_modules: {problem}" in err and "self_attn.q_proj" in err, err
     assert not torch.distributed.is_initialized() and not (tmp_path / "out").exists()
 
 

@@ -205,7 +205,10 @@ def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: boo
     info_file = hf_dir / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     info["checkpoint"] = f"{root.name}/{tag}"
-    weights, contract = fp32_state_dict(root, tag), ScoringContract.read(hf_dir)
+    contract = ScoringContract.read(hf_dir)
+    if keep_causal_lm:
+        (contract or ScoringContract(heads.CLASSIFIER.name, None)).check_keep_causal_lm(root / tag)
+    weights = fp32_state_dict(root, tag)
     if adapter_only:
         return write_adapter_dir(lora.trained_peft_model(config, hf_dir, weights), tokenizer, out_dir, info, contract)
     state_dict = lora.export_state(config, hf_dir, weights)

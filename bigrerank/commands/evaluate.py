@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_file
-from ..data.collection import RUN_FORMATS, read_qrels, read_run_announced
+from ..data.collection import RUN_FORMATS, read_qrels, read_run, read_run_announced, run_format_note
 from ..errors import InputError, UsageError
-from ..evaluation.compare import TESTS, compare, format_comparison
+from ..evaluation.compare import TESTS, check_comparable, compare, format_comparison
 from ..evaluation.metrics import DEFAULT_METRICS, coverage, evaluate, format_table, parse_metrics, per_query
 from .outputs import check_output
 from .parser import CommandParser
@@ -63,7 +63,10 @@ def compare_runs(args: EvalArguments) -> int:
         if not Path(path).is_file():
             raise InputError(path, "no such file")
     qrels = read_qrels(args.qrels)
-    runs = [read_run_announced(path, args.run_format) for path in args.compare]
+    formats, notes = zip(*(run_format_note(path, args.run_format) for path in args.compare))
+    runs = [read_run(path, fmt) for path, fmt in zip(args.compare, formats)]
+    check_comparable(qrels, args.qrels, runs, args.compare)
+    print("\n".join(notes), file=sys.stderr)  # the formats, said once both runs are found comparable
     results = compare(*(per_query(qrels, run, args.metrics) for run in runs), test=args.test, max_p=args.max_p)
     print(format_comparison(results, *args.compare, args.test, args.max_p))
     for path, run in zip(args.compare, runs):

@@ -13,15 +13,21 @@ import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
-from .. import ds_config
+from .. import ds_config, heads, lora
+from ..contract import default_head_and_template
 from ..errors import InputError, UsageError
+from ..model import load_config
 from ..planning.estimate import Hardware
 from ..planning.planner import Planner, machine_memory, plan_json, render, suggested_command
 from ..planning.sizes import parse_size
+from ..training.trainer import pair_encoding
 from .parser import CommandParser
 from .train import DataArguments, ModelArguments, TrainingArguments
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -83,10 +89,24 @@ def hardware_from(plan_args: PlanArguments) -> Hardware:
     return Hardware(plan_args.nodes, gpus, plan_args.cpu_processes_per_node, gpu_memory, host)
 
 
+def check_model_flags(model_args, data_args) -> None:
+    """The model flags training checks before it starts: the LoRA targets, and --max_len leaving the template room
+    for a pair (not for a bare config.json or a directory without a tokenizer: no template to count)."""
+    source = Path(model_args.model_name_or_path)
+    config = load_config(source)
+    tokenizer_given = model_args.tokenizer_name or any((source / name).is_file() for name in TOKENIZER_FILES)
+    if source.is_dir() and tokenizer_given:
+        head = pair_encoding(model_args, data_args, config)[1].head
+    else:
+        head = heads.get(model_args.score_head or default_head_and_template(config)[0])
+    lora.check_targets(model_args, config, head)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, args, plan_args = parse(argv)
     hardware = hardware_from(plan_args)
+    check_model_flags(model_args, data_args)
     # DeepSpeed logs to stdout (its accelerator notice on import): with --json, stdout carries the JSON alone
     with contextlib.redirect_stdout(sys.stderr if plan_args.json else sys.stdout):
         planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))

@@ -20,7 +20,8 @@ from ..data.collection import RUN_FORMATS
 from ..data.packing import PACK_FACTOR
 from ..errors import UsageError
 from ..inference.host_memory import retain_freed_memory
-from ..inference.rerank import open_reranker, require_model, score_candidates, trained_max_len, write_scores
+from ..inference.rerank import (check_scoring, open_reranker, require_model, score_candidates, trained_max_len,
+                                 write_scores)
 from ..inference.reranker import default_device
 from .outputs import check_output
 from .parser import CommandParser, at_least, check_packing_flags
@@ -123,6 +124,8 @@ def scoring_max_len(args: RerankArguments) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     (args,) = CommandParser(RerankArguments, "rerank").parse(argv)
     check_paths(args)
+    max_len = scoring_max_len(args)
+    check_scoring(args.model, max_len, args.score_head, args.template, args.instruction)  # before any rank starts
     retain_freed_memory()  # this process only scores: reuse freed activation memory (host_memory.py)
     rank, world, device, started = start_ranks()
     warning = hardware.bf16_warning() if args.bf16 and rank == 0 and device.type == "cpu" else None
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bigrerank rerank: warning: {warning}", file=sys.stderr)
     finished = False
     try:
-        reranker = open_reranker(args.model, max_len=scoring_max_len(args), device=device, precision=args.precision,
+        reranker = open_reranker(args.model, max_len=max_len, device=device, precision=args.precision,
                                  torch_compile=args.torch_compile, score_head=args.score_head, template=args.template,
                                  instruction=args.instruction, padding_free=args.padding_free, pack_len=args.pack_len)
         candidates = args.source().read(len(reranker.tokenizer))

@@ -277,9 +277,15 @@ def read_run(path, fmt: str = "auto") -> Run:
     return {qid: [(d, s) for d, s in sorted(docs, key=lambda row: (-row[1], row[0]))] for qid, docs in rows.items()}
 
 
-def read_run_announced(path, fmt: str = "auto", flag: str = "--run_format") -> Run:
-    """`read_run`, saying on stderr which format the file was read as (detected, or given with `flag`)."""
+def run_format_note(path, fmt: str = "auto", flag: str = "--run_format") -> tuple[str, str]:
+    """(the format `path` is read in, the line that says so: detected, or given with `flag`)."""
     resolved = resolve_run_format(path, fmt, flag)
     how = "detected" if fmt == "auto" else flag
-    print(f"{path}: read as a {RUN_FORMAT_NAMES[resolved]} ({how})", file=sys.stderr)
+    return resolved, f"{path}: read as a {RUN_FORMAT_NAMES[resolved]} ({how})"
+
+
+def read_run_announced(path, fmt: str = "auto", flag: str = "--run_format") -> Run:
+    """`read_run`, saying on stderr which format the file was read as (detected, or given with `flag`)."""
+    resolved, note = run_format_note(path, fmt, flag)
+    print(note, file=sys.stderr)
     return read_run(path, resolved)

@@ -13,9 +13,27 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from . import packing
 
 _PROBE_QUERY, _PROBE_PASSAGE = "query", "passage"
+MIN_QUERY_TOKENS = MIN_PASSAGE_TOKENS = 2  # the least of each a pair is worth scoring with
+
+
+def smallest_max_len(num_special: int) -> int:
+    """The smallest useful max_len for a template of `num_special` tokens: room for 2 query and 2 passage tokens."""
+    return num_special + MIN_QUERY_TOKENS + MIN_PASSAGE_TOKENS
+
+
+def room_problem(num_special: int, max_len: int, name: str = "max_len") -> str | None:
+    """Why pairs of `max_len` tokens (the setting called `name`) hold no useful query and passage after a template of
+    `num_special` tokens; None when they do."""
+    smallest = smallest_max_len(num_special)
+    if max_len >= smallest:
+        return None
+    return (f"{name} {max_len} leaves no room for a query and a passage; the template takes {num_special} tokens, "
+            f"use {name} ≥ {smallest} (the template, {MIN_QUERY_TOKENS} query and {MIN_PASSAGE_TOKENS} passage "
+            "tokens)")
 
 
 def _find(haystack: list[int], needle: list[int], start: int = 0) -> int:
@@ -60,9 +78,10 @@ class PairTemplate:
 
         The query is only cut when it alone would take more than half of the room left.
         """
+        problem = room_problem(self.num_special, max_len)
+        if problem:
+            raise ValueError(problem)
         room = max_len - self.num_special
-        if room < 2:
-            raise ValueError(f"max_len {max_len} leaves no room for a pair after {self.num_special} special tokens")
         keep_query = min(len(query), max(room - len(passage), room // 2))
         query, passage = query[:keep_query], passage[:room - keep_query]
         ids = [*self.prefix, *query, *self.middle, *passage, *self.suffix]
@@ -86,6 +105,13 @@ class PairEncoder:
                                     suffix_types=(*self.template.suffix_types, self.template.passage_type))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.use_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def require_room(self, flag: str = "--max_len") -> None:
+        """UsageError naming `flag` when this encoder's max_len holds no useful pair after its template (checked
+        before any process group or model load, where the encoder is built)."""
+        problem = room_problem(self.template.num_special, self.max_len, flag)
+        if problem:
+            raise UsageError(problem)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens, cut to max_len (nothing longer can be used)."""

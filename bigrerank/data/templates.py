@@ -28,7 +28,7 @@ from pathlib import Path
 import jinja2
 
 from ..errors import InputError
-from .pairs import PairEncoder
+from .pairs import PairEncoder, room_problem
 
 PAIR = "pair"
 CHAT = "chat"
@@ -169,10 +169,10 @@ class PromptTemplate:
     def build(self, query: list[int], passage: list[int], max_len: int) -> tuple[list[int], list[int]]:
         """input_ids (and all-zero token types) of one prompt, passage cut first; the query is only cut when it
         alone would take more than half of the room (as PairTemplate does)."""
+        problem = room_problem(self.num_special, max_len)
+        if problem:
+            raise ValueError(problem)
         room = max_len - self.num_special
-        if room < 2:
-            raise ValueError(f"max_len {max_len} leaves no room for a pair after the template's "
-                             f"{self.num_special} tokens")
         keep_query = min(len(query), max(room - len(passage), room // 2))
         ids = [*self.prefix, *query[:keep_query], *self.middle, *passage[:room - keep_query], *self.suffix]
         return ids, [0] * len(ids)

@@ -12,8 +12,26 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 TESTS = {"student": "two-sided paired t-test", "bootstrap": "paired bootstrap of the mean difference"}
 RESAMPLES = 10_000
+MIN_QUERIES = 2  # a paired test needs two differences at least
+
+
+def check_comparable(qrels: dict, qrels_path, runs: list[dict], paths: list[str]) -> None:
+    """InputError unless both runs rank the same judged queries, and there are enough judged queries to test."""
+    if len(qrels) < MIN_QUERIES:
+        raise InputError(qrels_path, f"{len(qrels)} judged query: a paired test needs at least {MIN_QUERIES}")
+    judged = [qrels.keys() & run.keys() for run in runs]
+    for this, other in ((0, 1), (1, 0)):
+        missing = judged[other] - judged[this]
+        if missing:
+            raise InputError(paths[this], f"ranks no documents for judged query '{min(missing)}' of {paths[other]} "
+                                          f"({len(missing)} such queries): compared runs must rank the same judged "
+                                          "queries")
+    if not judged[0]:
+        raise InputError(qrels_path, f"no judged query is ranked by {paths[0]} or {paths[1]}: nothing to compare")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -63,11 +64,17 @@ def params_problem(method: str, params: dict, runs: int) -> str | None:
             return f"--method {method} needs a list of weights"
         if len(weights) != runs:
             return f"--method {method} needs one weight per run: {runs} runs, {len(weights)} weights"
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            return f"--method {method}: each weight must be a finite number of at least 0, got {weights}"
+        if not any(weights):
+            return f"--method {method}: weights that are all 0 give every document the same score"
     elif method in SCALAR:
         name = SCALAR[method][0]
         value = params.get(name)
         if not _is_number(value):
             return f"--method {method} takes one value ({name})"
+        if not math.isfinite(value):
+            return f"--method {method}: {name} must be finite, got {value}"
         if name == "k" and not (float(value).is_integer() and value >= 1):
             return f"rrf's k must be a positive integer, got {value}"
     elif params:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import ir_measures
 
 DEFAULT_METRICS = ("RR@10", "nDCG@10", "R@100", "AP")
+MAX_CUTOFF = 2**31 - 1  # trec_eval's cut-offs are C ints
 
 Run = dict[str, list[tuple[str, float]]] | dict[str, dict[str, float]]
 
@@ -23,9 +24,13 @@ def parse_metrics(names) -> list:
     measures = []
     for name in names:
         try:
-            measures.append(ir_measures.parse_measure(name))
+            measure = ir_measures.parse_measure(name)
         except (NameError, ValueError) as e:
             raise ValueError(f"unknown metric '{name}': {e}") from None
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and not 1 <= cutoff <= MAX_CUTOFF:  # trec_eval aborts the process on a cut-off of 0
+            raise ValueError(f"metric '{name}': the cut-off after @ must be between 1 and {MAX_CUTOFF}")
+        measures.append(measure)
     if not measures:
         raise ValueError("no metrics")
     return measures

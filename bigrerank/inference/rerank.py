@@ -14,12 +14,13 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_file
 from ..checkpoints.consolidate import TRAINING_INFO
+from ..contract import make_encoder, resolve_contract
 from ..data.candidates import Candidate, encode_candidates
 from ..errors import InputError
 from ..gguf_file import is_gguf
-from ..model import load_config
+from ..model import load_config, load_tokenizer, max_len_problem
 from ..sharded_scoring import score_sharded
-from .reranker import RerankerForInference
+from .reranker import RerankerForInference, effective_max_len
 
 
 def require_model(model) -> Path:
@@ -31,6 +32,23 @@ def require_model(model) -> Path:
     elif not (model / "config.json").is_file():
         raise InputError(model, "not a Hugging Face model directory (no config.json) nor a .gguf file")
     return model
+
+
+def check_scoring(model_dir, max_len: int | None = None, score_head: str | None = None, template: str | None = None,
+                  instruction: str | None = None) -> None:
+    """What `open_reranker` would refuse in the model's config, tokenizer and scoring contract, found without loading
+    its weights: unknown head or template, and a pair length (--max_len) the template or the positions leave no room
+    for."""
+    model_dir = require_model(model_dir)
+    config = load_config(model_dir)
+    tokenizer = load_tokenizer(model_dir, config)
+    contract = resolve_contract(str(model_dir), config, tokenizer, score_head, template, instruction)
+    contract.head.check_scorable(config, model_dir)
+    length = effective_max_len(max_len, contract, config, tokenizer)
+    problem = max_len_problem(length, getattr(config, "max_position_embeddings", None))
+    if problem:
+        raise InputError("--max_len", problem)
+    make_encoder(tokenizer, length, contract).require_room("--max_len")
 
 
 def open_reranker(model_dir, **options) -> RerankerForInference:

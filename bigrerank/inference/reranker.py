@@ -2,10 +2,11 @@
 
 The original Reranker library's API (`from_pretrained`, `tokenize`, `forward` returning the model output),
 plus `score`/`rerank` conveniences and a fast scoring loop (sharded_scoring.py): length-sorted batches with
-dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile`, and, for BERT-family
-models, first-token scoring (first_token.py: the last layer runs for the scored token only; a batch without
-padding runs without an attention mask). On a GPU, batches are copied from pinned memory without blocking and
-scores stay on the device until the end, so the host prepares the next batch while the GPU computes.
+dynamic padding, `torch.inference_mode`, optional half precision and `torch.compile` (checked against eager at its
+first batches, checked_compile.py), and, for BERT-family models, first-token scoring (first_token.py: the last
+layer runs for the scored token only; a batch without padding runs without an attention mask). On a GPU, batches
+are copied from pinned memory without blocking and scores stay on the device until the end, so the host prepares
+the next batch while the GPU computes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..gguf_file import is_gguf
 from ..heads import scores_from_logits
 from ..model import check_packing, load_config, load_reranker, load_tokenizer, max_len_problem, pair_scores
 from ..sharded_scoring import Pair, score_sharded
+from .checked_compile import CheckedCompile
 from .first_token import FirstTokenScorer, unsupported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +52,11 @@ def default_max_len(config, tokenizer) -> int:
     """The longest pair the model can read: the smallest of 512, its position table and the tokenizer's limit."""
     limits = [DEFAULT_MAX_LEN, getattr(config, "max_position_embeddings", DEFAULT_MAX_LEN), tokenizer.model_max_length]
     return int(min(limits))
+
+
+def effective_max_len(max_len: int | None, contract: ScoringContract | None, config, tokenizer) -> int:
+    """The pair length a model scores at: `max_len`, else its contract's (the training length), else its limit."""
+    return max_len or (contract and contract.max_len) or default_max_len(config, tokenizer)
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
@@ -83,8 +90,7 @@ class RerankerForInference(nn.Module):
         self.hf_model = hf_model.to(device=self.device, dtype=self.compute_dtype).eval()
         self.tokenizer = tokenizer
         self.max_positions = getattr(hf_model.config, "max_position_embeddings", None)
-        self.max_len = self._check_max_len(max_len or (contract and contract.max_len)
-                                           or default_max_len(hf_model.config, tokenizer))
+        self.max_len = self._check_max_len(effective_max_len(max_len, contract, hf_model.config, tokenizer))
         self._encoders: dict[int, PairEncoder] = {}
         self.padding_free, self.pack_len = padding_free, pack_len
         if padding_free:
@@ -93,12 +99,13 @@ class RerankerForInference(nn.Module):
             check_packing(self.hf_model, self.encoder(), self.device, hf_model.config.name_or_path or "model")
         # Why the model's own forward is used instead of first-token scoring (None: it is not).
         self.full_forward_reason = unsupported(self.hf_model)
+        # compiled: checked against eager at its first batches, eager for good if it fails or differs
+        self._model_scores = self._own_forward
         if self.full_forward_reason is None:
             self._scorer = FirstTokenScorer(self.hf_model, unfused_bias=torch_compile)
-            # one dynamic-shape graph for every batch size and width, compiled at the first batch
-            self._score_pairs = torch.compile(self._scorer, dynamic=True) if torch_compile else self._scorer
+            self._score_pairs = CheckedCompile(self._scorer, self.compute_dtype) if torch_compile else self._scorer
         elif torch_compile:
-            self.hf_model.compile(dynamic=True)
+            self._model_scores = CheckedCompile(self._own_forward, self.compute_dtype)
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, max_len: int | None = None, device=None, precision: str = "fp32",
@@ -114,6 +121,7 @@ class RerankerForInference(nn.Module):
         config = load_config(model_name_or_path)
         tokenizer = load_tokenizer(model_name_or_path, config)
         contract = resolve_contract(str(model_name_or_path), config, tokenizer, score_head, template, instruction)
+        contract.head.check_scorable(config, model_name_or_path)
         hf_model = load_reranker(model_name_or_path, contract=contract, one_logit=False, **model_kwargs)
         return cls(hf_model, tokenizer, max_len=max_len, device=device, precision=precision,
                    torch_compile=torch_compile, contract=contract, padding_free=padding_free, pack_len=pack_len)
@@ -169,11 +177,13 @@ class RerankerForInference(nn.Module):
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
         with torch.inference_mode(), self._autocast():
             if not first_token:  # another model, or inputs first-token scoring does not take (position_ids, …)
-                logits = self.hf_model(**batch).logits
-                scores = scores_from_logits(logits, batch.get("attention_mask"))
-                return SequenceClassifierOutput(logits=scores.unsqueeze(-1))
+                return SequenceClassifierOutput(logits=self._model_scores(**batch).unsqueeze(-1))
             self._scorer.check_weights()
             return SequenceClassifierOutput(logits=self._score_pairs(**batch))
+
+    def _own_forward(self, **batch) -> torch.Tensor:
+        """(pairs,) scores of the model's own forward, read by its head."""
+        return scores_from_logits(self.hf_model(**batch).logits, batch.get("attention_mask"))
 
     def score_batch(self, pairs: list[Pair]) -> torch.Tensor:
         """(pairs,) float32 scores of one batch of encoded pairs, left on the device."""

@@ -66,7 +66,11 @@ def read_eval_set(args, vocab_size: int) -> EvalSet | None:
     source.check_files()
     if not Path(args.eval_qrels).is_file():
         raise InputError(args.eval_qrels, "--eval_qrels: no such file")
-    return EvalSet(source.read(vocab_size), read_qrels(args.eval_qrels))
+    candidates, qrels = source.read(vocab_size), read_qrels(args.eval_qrels)
+    if not qrels.keys() & {c.qid for c in candidates}:
+        raise InputError(args.eval_qrels, f"--eval_qrels: none of its {len(qrels)} judged queries has eval "
+                                          "candidates (every metric would be 0): qrels of another split?")
+    return EvalSet(candidates, qrels)
 
 
 def metric_names(best: str) -> list[str]:

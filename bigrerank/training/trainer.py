@@ -18,9 +18,10 @@ from .. import distributed, ds_config, hardware, lora, losses
 from ..checkpoints import store, universal
 from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
-from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
+from ..contract import CONTRACT_FILE, ScoringContract, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.packing import row_length
+from ..data.pairs import PairEncoder
 from ..gguf_file import is_gguf
 from ..model import check_packing, load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
@@ -115,6 +116,18 @@ class TrainResult:
     preempted: bool = False
 
 
+def pair_encoding(model_args, data_args, model_config) -> tuple[object, ScoringContract, PairEncoder]:
+    """(tokenizer, scoring contract, pair encoder) training and evaluation encode pairs with; a --max_len that leaves
+    the template no room for a query and a passage is a UsageError. Reads no weights."""
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_config)
+    contract = resolve_contract(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
+                                data_args.template, data_args.instruction, data_args.max_len)
+    pack_len = row_length(data_args.max_len, data_args.pack_len) if data_args.padding_free else None
+    encoder = make_encoder(tokenizer, data_args.max_len, contract, pack_len)
+    encoder.require_room("--max_len")
+    return tokenizer, contract, encoder
+
+
 def warn_slow_bf16(args) -> None:
     """On a CPU that emulates bf16, rank 0 says so before training in it (hardware.py)."""
     if args.bf16 and distributed.rank() == 0 and not torch.cuda.is_available():
@@ -128,11 +141,11 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     raw_config = ds_config.load(args.ds_config)  # bad input fails here, before any process group starts
     data_files(data_args.train_path)
     model_config = load_config(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_config)
-    contract = resolve_contract(model_args.model_name_or_path, model_config, tokenizer, model_args.score_head,
-                                data_args.template, data_args.instruction, data_args.max_len)
+    tokenizer, contract, encoder = pair_encoding(model_args, data_args, model_config)
     if model_args.head_init_std is not None:
         contract.head.check_reset()
+    if model_args.keep_causal_lm:
+        contract.check_keep_causal_lm(model_args.model_name_or_path)
     lora.check_targets(model_args, model_config, contract.head)
     check_training(model_args, data_args, args, raw_config, model_config)  # the memory plan, before the model loads
     resume_dir = output_dir.check(data_args, args, model_config, model_args.model_name_or_path)
@@ -157,9 +170,7 @@ def prepare(model_args, data_args, args) -> TrainingSetup:
     engine, config = build_engine(model_args, model_config, args, shard.world, total_steps, raw_config, contract,
                                   load_universal=states_dir != resume_dir)
     torch.manual_seed(args.seed + shard.rank)  # dropout differs across ranks
-    pack_len = row_length(data_args.max_len, data_args.pack_len) if data_args.padding_free else None
-    encoder = make_encoder(tokenizer, data_args.max_len, contract, pack_len)
-    if pack_len:
+    if data_args.padding_free:
         check_packing(engine, encoder, engine.device, model_args.model_name_or_path)
     source = MicroBatchSource(sampler, encoder, shard, args.per_device_train_batch_size, args.grad_cache_chunk_size,
                               is_text(dataset), with_teacher, engine.device, args.grad_cache_max_tokens)
