@@ -18,6 +18,7 @@ from typing import Optional
 
 from .. import ds_config, heads, lora
 from ..contract import default_head_and_template
+from ..gguf_file import is_gguf
 from ..errors import InputError, UsageError
 from ..model import load_config
 from ..planning.estimate import Hardware
@@ -94,11 +95,12 @@ def check_model_flags(model_args, data_args) -> None:
     for a pair (not for a bare config.json or a directory without a tokenizer: no template to count)."""
     source = Path(model_args.model_name_or_path)
     config = load_config(source)
-    tokenizer_given = model_args.tokenizer_name or any((source / name).is_file() for name in TOKENIZER_FILES)
-    if source.is_dir() and tokenizer_given:
+    tokenizer_given = (model_args.tokenizer_name or is_gguf(source)
+                       or any((source / name).is_file() for name in TOKENIZER_FILES))
+    if (source.is_dir() or is_gguf(source)) and tokenizer_given:
         head = pair_encoding(model_args, data_args, config)[1].head
     else:
-        head = heads.get(model_args.score_head or default_head_and_template(config)[0])
+        head = heads.get(model_args.score_head or default_head_and_template(config, tokenizer=None)[0])
     lora.check_targets(model_args, config, head)
 
 
