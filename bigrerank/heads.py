@@ -48,7 +48,8 @@ class AnswerHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.tensor(self.rows, device=self.weight.device)
         bias = self.bias.index_select(0, rows).float() if self.bias is not None else None
-        return F.linear(hidden.float(), self.weight.index_select(0, rows).float(), bias)
+        with torch.autocast(hidden.device.type, enabled=False):  # inference scores under bf16 autocast
+            return F.linear(hidden.float(), self.weight.index_select(0, rows).float(), bias)
 
 
 class ClassifierHead:

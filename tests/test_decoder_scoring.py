@@ -223,6 +223,8 @@ def test_bf16_answer_logits_are_taken_in_float32_so_close_pairs_do_not_tie(decod
     hidden[:, k] = torch.arange(64) / 64
     hidden = hidden.to(torch.bfloat16)
     logits = head(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as RerankerForInference scores in bf16
+        assert torch.equal(head(hidden), logits)
     assert logits.dtype == torch.float32
     assert torch.equal(logits, hidden.float() @ rows.T)
     scores = logits[:, 0] - logits[:, 1]
