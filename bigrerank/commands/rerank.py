@@ -18,7 +18,7 @@ from ..checkpoints.consolidate import TRAINING_INFO
 from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
 from ..errors import UsageError
-from ..inference.host_memory import retain_freed_memory
+from ..host_memory import retain_freed_memory
 from ..inference.rerank import (open_reranker, require_model_dir, score_candidates, trained_max_len,
                                 write_scores)
 from ..inference.reranker import default_device

@@ -19,6 +19,7 @@ from ..checkpoints.best import CLIENT_KEY, BestCheckpoint
 from ..checkpoints.consolidate import TRAINING_INFO, consolidate
 from ..contract import CONTRACT_FILE, make_encoder, resolve_contract
 from ..data.grouped import GroupSampler, data_files, is_text, load_groups
+from ..host_memory import return_freed_memory
 from ..model import load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
@@ -71,6 +72,7 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
                                       config=config)
     skip_non_finite.guard(engine)
     del keep_alive
+    return_freed_memory()  # the loading heap (whole weights before partitioning, conversions) back to the OS
     return engine, config
 
 
