@@ -225,7 +225,8 @@ def write_safetensors(weights: dict[str, Lazy | torch.Tensor], names: list[str],
     files = ([SAFE_WEIGHTS] if len(shards) == 1 else
              [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
     for file, shard in zip(files, shards):
-        tensors = {name: weights[name]().to(out_dtype(weights[name])).contiguous() for name in shard}
+        with torch.no_grad():
+            tensors = {name: weights[name]().detach().to(out_dtype(weights[name])).contiguous() for name in shard}
         save_file(tensors, str(folder / file), metadata={"format": "pt"})
         del tensors
         on_shard()
