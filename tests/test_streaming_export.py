@@ -164,7 +164,8 @@ def test_the_streamed_lora_merge_equals_peft_merge_and_unload(trained):
     hf_dir = tag_dir / "hf"
     weights = checkpoint_weights(tag_dir.parent, tag_dir.name)
     torch.manual_seed(0)  # B as training leaves it after many steps, not its zero start: the merge must add B @ A
-    weights.update((name, Lazy.of(torch.randn(lazy.shape) / 10)) for name, lazy in weights.items() if ".lora_B." in name)
+    weights.update((name, Lazy.of(torch.randn(lazy.shape) / 10))
+                   for name, lazy in weights.items() if ".lora_B." in name)
     whole = {name: lazy().detach() for name, lazy in weights.items()}
     reference = lora.trained_peft_model(load_config(hf_dir), hf_dir, whole).merge_and_unload().state_dict()
     streamed = merged_lora(weights, lora.adapter_config(hf_dir))

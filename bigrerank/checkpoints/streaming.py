@@ -208,8 +208,8 @@ def shard_plan(sizes: dict[str, int], max_shard_size: int) -> list[list[str]]:
 
 def write_safetensors(weights: dict[str, Lazy | torch.Tensor], names: list[str], folder: Path, dtype: torch.dtype,
                       max_shard_size: int, on_shard: Callable[[], None] = lambda: None) -> list[str]:
-    """Write `names` of `weights` (lazy or built; floating point ones as `dtype`) into `folder` as transformers' safetensors
-    files, one shard built, written and freed at a time (`on_shard` after each); the names of the files."""
+    """Write `names` of `weights` (lazy or built; floating point ones as `dtype`) into `folder` as transformers'
+    safetensors files, one shard built, written and freed at a time (`on_shard` after each); the files' names."""
     from safetensors.torch import save_file
 
     weights = {name: value if isinstance(value, Lazy) else Lazy.of(value) for name, value in weights.items()}
