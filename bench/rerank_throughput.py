@@ -3,7 +3,7 @@
 Same model (MiniLM-L6 with a fresh 1-logit head), same candidates (BM25 top-K of SciFact dev queries), same
 max_len and batch size, fp32 and bf16 (bf16 only where computed natively, unless --dtypes asks), timed from text pairs to scores. Each system lives in its own process,
 set up as its user would run it: bigrerank as `bigrerank rerank` runs (freed host memory retained, see
-bigrerank/inference/host_memory.py), eager and with `--torch_compile`; sentence-transformers with glibc's
+bigrerank/host_memory.py), eager and with `--torch_compile`; sentence-transformers with glibc's
 defaults, plus a row with the same allocator setting as bigrerank, so the code's share of the gain is visible.
 Every system first scores all candidates once untimed (the compiled ones compile then); rounds are then
 interleaved across the processes (one runs at a time) and the best round is kept. Both are set against a large
@@ -95,7 +95,7 @@ def timed(fn, device: str) -> tuple[float, list[float]]:
 def serve(system: System, model_dir: Path, candidates, args, conn) -> None:
     """Worker process: set up `system`, report the untimed warm-up, then time one scoring pass per request."""
     if system.retain_freed_memory:
-        from bigrerank.inference.host_memory import retain_freed_memory
+        from bigrerank.host_memory import retain_freed_memory
 
         retain_freed_memory()
     fn = scoring_function(system, model_dir, candidates, args)

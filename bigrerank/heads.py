@@ -186,7 +186,8 @@ class YesNoHead:
         return at_last[:, 0] - at_last[:, 1] if at_last.shape[-1] == 2 else at_last[:, 0]
 
     def exported(self, state_dict: dict, config, answer_rows: list[int], pad_token_id: int | None):
-        """(state dict, config) of the same model as a plain sequence classifier of its architecture.
+        """(state dict, config) of the same model as a plain sequence classifier of its architecture; the state dict's
+        values may be lazy (called to build a tensor): only the LM head's weight is built here.
 
         The score, logit(yes) - logit(no) at the last prompt position, is one linear map of the final hidden state
         there: (lm_head[yes] - lm_head[no]) . h. A `*ForSequenceClassification` model with one label and that row as
@@ -199,7 +200,7 @@ class YesNoHead:
         weight = state_dict.get("lm_head.weight")
         if weight is None:  # tied embeddings: the LM head is the input embedding
             weight = state_dict[_input_embedding_key(self.on_meta(config))]
-        rows = weight[answer_rows].float()
+        rows = (weight() if callable(weight) else weight)[answer_rows].float()
         score = rows[0] - rows[1] if len(rows) == 2 else rows[0]
         config = type(config).from_dict(config.to_dict())
         config.pad_token_id = pad_token_id

@@ -6,8 +6,8 @@ contract, trained in full (`modules_to_save`, peft's SEQ_CLS task). A `yes_no` m
 only the adapters train; the answer rows of the LM head stay frozen (with tied embeddings they are embedding
 rows), as in FlagEmbedding's and Qwen3-Reranker's LoRA recipes. Checkpoints hold peft's keys
 (`base_model.model.…`, `…lora_A.default.weight`) beside the `adapter_config.json` in their `hf/` folder (its
-`task_type` says which model class the adapter goes on); `export_state` / `trained_peft_model` are the one place
-that turns such a state dict back into a plain Hugging Face one (adapters merged) or into the adapter itself.
+`task_type` says which model class the adapter goes on); the export merges them tensor by tensor
+(`checkpoints.streaming.merged_lora`) or saves the adapter itself (`trained_peft_model`).
 """
 from __future__ import annotations
 
@@ -102,25 +102,30 @@ def is_lora(hf_dir) -> bool:
     return (Path(hf_dir) / ADAPTER_CONFIG).is_file()
 
 
-def trained_peft_model(config, hf_dir, state_dict: dict):
+def adapter_config(hf_dir) -> dict:
+    """The checkpoint's peft adapter config, as saved."""
+    return json.loads((Path(hf_dir) / ADAPTER_CONFIG).read_text())
+
+
+def is_adapter_weight(name: str) -> bool:
+    """Whether a peft state dict key is what the adapter itself holds: a LoRA matrix or a fully trained module."""
+    return ".lora_" in name or ".modules_to_save." in name
+
+
+def trained_peft_model(config, hf_dir, state_dict: dict, base: bool = True):
     """The checkpoint's peft model, its tensors those of `state_dict` (assigned, not copied): the model of the head
-    its task type names (a yes_no adapter's causal LM keeps its full LM head)."""
+    its task type names (a yes_no adapter's causal LM keeps its full LM head). Without `base`, only the adapter's
+    own weights (`is_adapter_weight`) are needed and the base stays on `meta`: enough to save the adapter."""
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig.from_pretrained(str(hf_dir))
-    base = heads.for_peft_task(peft_config.task_type).on_meta(config)
+    model_on_meta = heads.for_peft_task(peft_config.task_type).on_meta(config)
     with torch.device("meta"):
-        base.name_or_path = peft_config.base_model_name_or_path  # the base it was trained from, not this folder
-        model = get_peft_model(base, peft_config)
+        model_on_meta.name_or_path = peft_config.base_model_name_or_path  # the base it was trained from
+        model = get_peft_model(model_on_meta, peft_config)
     model.load_state_dict(state_dict, strict=False, assign=True)
-    missing = [name for name, param in model.named_parameters() if param.is_meta]
+    missing = [name for name, param in model.named_parameters()
+               if param.is_meta and (base or is_adapter_weight(name))]
     if missing:
         raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the LoRA model, e.g. {missing[:3]}")
     return model
-
-
-def export_state(config, hf_dir, state_dict: dict) -> dict:
-    """A checkpoint's weights as a plain Hugging Face state dict: LoRA merged into the base, when trained."""
-    if not is_lora(hf_dir):
-        return state_dict
-    return trained_peft_model(config, hf_dir, state_dict).merge_and_unload().state_dict()

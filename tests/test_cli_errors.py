@@ -127,6 +127,8 @@ CASES = {
         (["{dir}/no_checkpoint", "{mine}"], "not empty and holds no previous export"),
         (["{dir}/no_checkpoint", "{afile}"], "is not a directory"),
         (["--checkpoint", "{dir}", "--output", "{out}", "--tag"], "expected one argument"),
+        (["{dir}/no_checkpoint", "{out}", "--max_shard_size", "5TB"], "--max_shard_size: '5TB' is not a size"),
+        (["{dir}/no_checkpoint", "{out}", "--export_dtype", "fp8"], "invalid choice: 'fp8'"),
     ],
     "rerank": [
         (RERANK + ["--output", "{run}"], "is also an input"),

@@ -69,8 +69,10 @@ def test_consolidated_model_scores_like_the_live_engine(trained, tmp_path, stage
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
-        logits = hf(**tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True, return_tensors="pt")).logits
-    if bf16:  # the live engine computes with bf16 weights; the export holds the fp32 master weights
+        logits = hf(**tokenizer([q for q, _ in PAIRS], [p for _, p in PAIRS], padding=True,
+                                return_tensors="pt")).logits.float()
+    if bf16:  # both compute in bf16: the export holds the fp32 masters rounded to bf16, scored in another process
+        assert hf.dtype == torch.bfloat16
         assert torch.allclose(logits, live, atol=3e-2, rtol=2e-2), (logits, live)
     else:  # the same fp32 weights, scored in another process: equal up to one float32 rounding step
         assert torch.allclose(logits, live, atol=1e-6, rtol=0), (logits, live)
@@ -116,6 +118,8 @@ def _zero0_argv(tmp_path, *extra: str) -> list[str]:
 
 
 def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
+    """The end-of-run export keeps the trained dtype (bf16, rounded from the masters); --export_dtype fp32 writes
+    the masters themselves."""
     from safetensors.torch import load_file
 
     out = tmp_path / "out"
@@ -125,10 +129,15 @@ def test_zero0_bf16_exports_the_optimizers_fp32_master_weights(tmp_path):
     finally:
         distributed.teardown(wait_for_others=False)
     masters = torch.load(tmp_path / "masters.pt")
-    exported = load_file(str(out / "model.safetensors"))
-    assert masters and all(exported[name].dtype == torch.float32 for name in masters)
+    in_bf16 = load_file(str(out / "model.safetensors"))
+    assert masters and all(in_bf16[name].dtype == torch.bfloat16 for name in masters)
+    assert AutoConfig.from_pretrained(out).dtype == torch.bfloat16
+    assert cli.main(["consolidate", str(out / "checkpoints"), str(tmp_path / "fp32"), "--export_dtype", "fp32"]) == 0
+    exported = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    assert all(exported[name].dtype == torch.float32 for name in masters)
     for name, master in masters.items():
         assert torch.equal(exported[name], master), name
+        assert torch.equal(in_bf16[name], master.bfloat16()), name
     assert any(not torch.equal(m, m.bfloat16().float()) for m in masters.values())  # not bf16 values upcast
 
 

@@ -1,11 +1,10 @@
 """DeepSpeed checkpoint (ZeRO 0-3, offloaded, fp32 or bf16) -> a plain Hugging Face reranker directory.
 
-Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`: the fp32 master
-weights gathered from every rank's partition); ZeRO-0 checkpoints hold whole weights and are read
-directly: in bf16/fp16 the optimizer's fp32 master copies, named by the checkpoint's manifest. The
-directory (config.json, model.safetensors — sharded when large —, tokenizer files, README.md model card, the
-scoring contract and the training record, TRAINING_INFO) is built in a temporary folder and moved into place
-complete.
+Weights are the fp32 master weights, read from the memory-mapped checkpoint files and written one tensor and one
+safetensors shard at a time (`streaming`): the export's memory is bounded by its largest tensor and one shard, not
+the model. The directory (config.json, model.safetensors — sharded with its index when larger than the shard
+size —, tokenizer files, README.md model card, the scoring contract and the training record, TRAINING_INFO) is
+built in a temporary folder and moved into place complete.
 A LoRA checkpoint is exported merged into its base (a yes_no model then converted to a classifier, unless
 `keep_causal_lm`), or with `adapter_only` as the peft adapter (adapter_config.json naming the base and its task,
 SEQ_CLS or CAUSAL_LM for yes_no; adapter_model.safetensors with the adapters and a classifier's trained head).
@@ -19,12 +18,16 @@ from pathlib import Path
 
 import torch
 
+from transformers.utils.hub import convert_file_size_to_int
+
 from .. import heads, lora
 from ..atomic import apply_umask, temp_dir_beside
+from ..host_memory import return_freed_memory
 from ..contract import ScoringContract
 from ..errors import InputError
 from ..model import load_config, load_tokenizer
-from .store import MANIFEST, damaged, incomplete_reason, is_save_dir, latest, read_manifest
+from .store import MANIFEST, damaged, incomplete_reason, is_save_dir, latest
+from .streaming import EXPORT_DTYPES, Lazy, checkpoint_weights, export_names, merged_lora, write_safetensors
 
 TRAINING_INFO = "bigrerank_training.json"
 EXPORTED_FILES = "exported_files"  # the key of TRAINING_INFO listing the export's files
@@ -70,49 +73,6 @@ def locate(checkpoint, tag: str | None = None, verify: bool = True) -> tuple[Pat
     return path, tag
 
 
-def fp32_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The full model weights in fp32, gathered from the checkpoint's partitions."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    tag_dir = root / tag
-    module_file = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO 0-2 (ZeRO-3 names its files per rank)
-    states = (torch.load(module_file, map_location="cpu", weights_only=False, mmap=True)
-              if module_file.is_file() else {})
-    full, partitioned = {}, any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))
-    if partitioned:
-        try:
-            full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-        except ValueError as e:
-            if "is not a zero checkpoint" not in str(e):
-                raise
-            partitioned = False
-    # ZeRO-0 holds every weight in the module file; ZeRO-1 leaves frozen weights (LoRA's base) out of its
-    # partitions, whole in the module file too
-    for name, tensor in states.get("module", {}).items():
-        full.setdefault(name, tensor)
-    # frozen weights come in their training dtype: fp32 too, so LoRA merges into them without bf16 rounding
-    weights = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in full.items()}
-    if not partitioned:  # ZeRO-0 in bf16/fp16: the optimizer's fp32 masters, not the module's 16-bit copies
-        group_names = read_manifest(tag_dir).get("master_weight_groups")
-        weights.update(_master_weights(states.get("optimizer"), group_names, weights))
-    return weights
-
-
-def _master_weights(optimizer_state, group_names: list[list[str]] | None, module: dict) -> dict[str, torch.Tensor]:
-    """ZeRO-0 in bf16/fp16: {name: fp32 master weight} from DeepSpeed's mixed-precision optimizer state
-    (a tensor per parameter, or one flat tensor per group, in the group's parameter order)."""
-    if not group_names or not isinstance(optimizer_state, dict):
-        return {}
-    groups = optimizer_state.get("fp32_groups")
-    if groups is None and optimizer_state.get("fp32_groups_flat") is not None:
-        groups = [flat.split([module[name].numel() for name in names])
-                  for names, flat in zip(group_names, optimizer_state["fp32_groups_flat"], strict=True)]
-    masters = {}
-    for names, tensors in zip(group_names, groups or [], strict=True):
-        masters.update((name, t.float().view(module[name].shape)) for name, t in zip(names, tensors, strict=True))
-    return masters
-
-
 def model_card(config, head: heads.ScoreHead, info: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
     if head is heads.YES_NO:
@@ -130,21 +90,23 @@ def model_card(config, head: heads.ScoreHead, info: dict) -> str:
             f"```python\n{usage}\n```\n\n## Training\n\n| setting | value |\n|---|---|\n{rows}\n")
 
 
-def write_model_dir(state_dict: dict, config, tokenizer, out_dir, info: dict, max_shard_size: str = "5GB",
-                    contract: ScoringContract | None = None) -> Path:
-    """Write an HF reranker directory from a full state dict; it appears complete or not at all.
-
-    The model class of the contract's head (a classifier without one); the contract goes beside it."""
-    out_dir = Path(out_dir)
+def write_model_dir(weights: dict[str, Lazy], config, tokenizer, out_dir, info: dict, max_shard_size="5GB",
+                    contract: ScoringContract | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write an HF reranker directory from lazy weights, streamed shard by shard (as `dtype`); it appears complete
+    or not at all. The model class of the contract's head (a classifier without one); the contract goes beside it."""
     head = contract.head if contract is not None else heads.CLASSIFIER
     model = head.on_meta(config)
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state_dict) - set(getattr(model, "_tied_weights_keys", None) or []))
-    if missing:
-        raise ValueError(f"checkpoint weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
-    return _build_dir(out_dir, tokenizer, info, model_card(config, head, info), lambda tmp: model.save_pretrained(
-        tmp, state_dict={k: v for k, v in state_dict.items() if k in expected}, max_shard_size=max_shard_size),
-        contract)
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = dtype
+    limit = convert_file_size_to_int(max_shard_size)
+
+    def save_weights(folder: Path) -> None:
+        write_safetensors(weights, export_names(model), folder, dtype, limit, on_shard=return_freed_memory)
+        model.config.save_pretrained(folder)
+        if model.can_generate() and model.generation_config is not None:
+            model.generation_config.save_pretrained(folder)
+
+    return _build_dir(Path(out_dir), tokenizer, info, model_card(config, head, info), save_weights, contract)
 
 
 def write_adapter_dir(peft_model, tokenizer, out_dir, info: dict, contract: ScoringContract | None = None) -> Path:
@@ -191,11 +153,14 @@ def _place(tmp: Path, out_dir: Path) -> None:
 
 
 def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: bool = False,
-                adapter_only: bool = False, verify: bool = True) -> Path:
+                adapter_only: bool = False, verify: bool = True, max_shard_size: str | int = "5GB",
+                export_dtype: str | None = None) -> Path:
     """A checkpoint as a Hugging Face directory: LoRA merged into its base (or, with `adapter_only`, the peft
     adapter); a `yes_no` model becomes a sequence classifier of its architecture unless `keep_causal_lm`.
-    `verify`: compare every file's checksum first (the end of training skips it for the checkpoint it has just
-    written)."""
+    Weights are read and written a tensor at a time: safetensors shards of at most `max_shard_size` (transformers'
+    notation, e.g. "5GB"), in `export_dtype` (fp32, bf16, fp16; None: the dtype the run trained in) made from the
+    fp32 master weights. `verify`: compare every file's checksum first (the end of training skips it for the
+    checkpoint it has just written)."""
     root, tag = locate(checkpoint, tag, verify)
     hf_dir = root / tag / "hf"
     if adapter_only and not lora.is_lora(hf_dir):
@@ -208,14 +173,27 @@ def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: boo
     contract = ScoringContract.read(hf_dir)
     if keep_causal_lm:
         (contract or ScoringContract(heads.CLASSIFIER.name, None)).check_keep_causal_lm(root / tag)
-    weights = fp32_state_dict(root, tag)
+    weights = checkpoint_weights(root, tag)
+    dtype = EXPORT_DTYPES[export_dtype] if export_dtype else trained_dtype(info)
     if adapter_only:
-        return write_adapter_dir(lora.trained_peft_model(config, hf_dir, weights), tokenizer, out_dir, info, contract)
-    state_dict = lora.export_state(config, hf_dir, weights)
+        adapter = {name: lazy() for name, lazy in weights.items() if lora.is_adapter_weight(name)}
+        return write_adapter_dir(lora.trained_peft_model(config, hf_dir, adapter, base=False), tokenizer, out_dir,
+                                 info, contract)
+    if lora.is_lora(hf_dir):
+        weights = merged_lora(weights, lora.adapter_config(hf_dir))
     if contract is not None and not keep_causal_lm:
-        state_dict, config = contract.head.exported(state_dict, config, contract.answer_rows(), contract.pad_token_id)
+        weights, config = contract.head.exported(weights, config, contract.answer_rows(), contract.pad_token_id)
         contract = contract.as_classifier()
-    return write_model_dir(state_dict, config, tokenizer, out_dir, info, contract=contract)
+    try:
+        return write_model_dir(weights, config, tokenizer, out_dir, info, max_shard_size, contract, dtype)
+    finally:
+        return_freed_memory()
+
+
+def trained_dtype(info: dict) -> torch.dtype:
+    """The dtype the run trained its weights in (its TRAINING_INFO's bf16/fp16 flags), as `save_pretrained` keeps
+    a model's dtype."""
+    return torch.bfloat16 if info.get("bf16") else torch.float16 if info.get("fp16") else torch.float32
 
 
 def is_export(directory: Path) -> bool:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers.utils.hub import convert_file_size_to_int
+
 from ..checkpoints.consolidate import check_export_dir, consolidate
+from ..errors import UsageError
 from .parser import CommandParser
 
 USAGE = "bigrerank consolidate CHECKPOINT OUTPUT [--tag TAG]   (or --checkpoint CHECKPOINT --output OUTPUT)"
@@ -21,6 +24,15 @@ class ConsolidateArguments:
         "help": "export a yes_no model as its causal LM instead of a sequence classifier"})
     adapter_only: bool = field(default=False, metadata={
         "help": "LoRA: export the peft adapter (and a classifier's trained head) instead of the merged model"})
+    max_shard_size: str = field(default="5GB", metadata={
+        "help": "largest safetensors file, in transformers' notation (5GB, 500MB, 2GiB); larger models are sharded "
+                "with an index"})
+    export_dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the exported weights, made from the fp32 masters (None: the dtype the run trained in)",
+        "choices": ["fp32", "bf16", "fp16"]})
+
+    def __post_init__(self):
+        shard_size(self.max_shard_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +40,21 @@ def main(argv: list[str] | None = None) -> int:
                            description="Turn a DeepSpeed checkpoint into a Hugging Face reranker directory.")
     (args,) = parser.parse(_positional(argv))
     check_export_dir(args.output)
-    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm, args.adapter_only)
+    out = consolidate(args.checkpoint, args.output, args.tag, args.keep_causal_lm, args.adapter_only,
+                      max_shard_size=shard_size(args.max_shard_size), export_dtype=args.export_dtype)
     print(f"wrote {out}")
     return 0
+
+
+def shard_size(text: str) -> int:
+    """--max_shard_size in bytes (transformers' notation); a usage error when it is not one."""
+    try:
+        size = convert_file_size_to_int(text.strip())
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise UsageError(f"--max_shard_size: '{text}' is not a size such as 5GB, 500MB or 2GiB")
+    return size
 
 
 def _positional(argv: list[str] | None) -> list[str] | None:

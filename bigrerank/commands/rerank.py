@@ -19,9 +19,9 @@ from ..data.candidates import CandidateSource
 from ..data.collection import RUN_FORMATS
 from ..data.packing import PACK_FACTOR
 from ..errors import UsageError
-from ..inference.host_memory import retain_freed_memory
+from ..host_memory import retain_freed_memory
 from ..inference.rerank import (check_scoring, open_reranker, require_model, score_candidates, trained_max_len,
-                                 write_scores)
+                                write_scores)
 from ..inference.reranker import default_device
 from .outputs import check_output
 from .parser import CommandParser, at_least, check_packing_flags

@@ -23,6 +23,7 @@ from ..data.grouped import GroupSampler, data_files, is_text, load_groups
 from ..data.packing import row_length
 from ..data.pairs import PairEncoder
 from ..gguf_file import is_gguf
+from ..host_memory import return_freed_memory
 from ..model import check_packing, load_config, load_reranker, load_tokenizer
 from ..planning.planner import check_training
 from . import evaluation, output_dir, resume_check, skip_non_finite
@@ -85,6 +86,7 @@ def build_engine(model_args, model_config, args, world: int, total_steps: int, r
                                       config=config)
     skip_non_finite.guard(engine)
     del keep_alive
+    return_freed_memory()  # the loading heap (whole weights before partitioning, conversions) back to the OS
     return engine, config
 
 
