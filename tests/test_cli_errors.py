@@ -75,6 +75,8 @@ CASES = {
         (TRAIN + ["--loss", "foo"], "invalid choice: 'foo'"),
         (TRAIN + ["--report_to", "x"], "invalid choice: 'x'"),
         (TRAIN + ["--bf16", "--fp16"], "--bf16 and --fp16 are exclusive"),
+        (TRAIN + ["--max_shard_size", "lots"], "--max_shard_size: 'lots' is not a size such as 5GB"),
+        (TRAIN + ["--export_dtype", "int8"], "invalid choice: 'int8'"),
         (TRAIN + ["--train_group_size", "1"], "--train_group_size must be at least 2"),
         (TRAIN + ["--num_train_epochs", "0"], "--num_train_epochs must be above 0"),
         (TRAIN + ["--temperature", "0"], "--temperature must be above 0"),

@@ -21,9 +21,10 @@ from bigrerank.checkpoints.streaming import SAFE_INDEX, Lazy, checkpoint_weights
 from bigrerank.contract import make_encoder, resolve_contract
 from bigrerank.model import load_config, load_tokenizer
 from tests.dist_harness import run_jobs
-from tests.test_decoder_scoring import PASSAGES, QUERIES
-from tests.tiny import write_groups
-from tests.tiny_decoder import tiny_decoder_config, tiny_decoder_tokenizer
+
+from tests.helpers import train_argv
+from tests.tiny import tiny_model_dir, write_groups
+from tests.tiny_decoder import PASSAGES, QUERIES, tiny_decoder_config, tiny_decoder_tokenizer
 
 MAX_LEN = 160
 LAYERS, HIDDEN, INTERMEDIATE = 32, 192, 768
@@ -200,3 +201,16 @@ def test_returning_freed_memory_is_harmless():
     blocks = [torch.ones(1024) for _ in range(2000)]
     del blocks
     assert return_freed_memory() in (True, False) and torch.ones(3).sum() == 3
+
+
+def test_the_end_of_run_export_takes_the_shard_size_and_dtype(tmp_path):
+    model, train = tiny_model_dir(tmp_path / "model"), write_groups(tmp_path / "groups.jsonl")
+    out = tmp_path / "out"
+    assert cli.main(["train", *train_argv(model, train, out, "zero0", "--max_steps", "1", "--max_shard_size", "40KB",
+                                          "--export_dtype", "bf16")]) == 0
+    index = json.loads((out / SAFE_INDEX).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / name).stat().st_size <= 40_000 + 20_000 for name in shards)
+    assert {t.dtype for name in shards for t in load_file(str(out / name)).values() if t.is_floating_point()} == {
+        torch.bfloat16}
+    assert AutoModelForSequenceClassification.from_pretrained(out).num_labels == 1

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers.utils.hub import convert_file_size_to_int
-
 from ..checkpoints.consolidate import check_export_dir, consolidate
-from ..errors import UsageError
-from .parser import CommandParser
+from .parser import EXPORT_DTYPES, CommandParser, shard_size
 
 USAGE = "bigrerank consolidate CHECKPOINT OUTPUT [--tag TAG]   (or --checkpoint CHECKPOINT --output OUTPUT)"
 
@@ -29,7 +26,7 @@ class ConsolidateArguments:
                 "with an index"})
     export_dtype: str | None = field(default=None, metadata={
         "help": "dtype of the exported weights, made from the fp32 masters (None: the dtype the run trained in)",
-        "choices": ["fp32", "bf16", "fp16"]})
+        "choices": list(EXPORT_DTYPES)})
 
     def __post_init__(self):
         shard_size(self.max_shard_size)
@@ -44,17 +41,6 @@ def main(argv: list[str] | None = None) -> int:
                       max_shard_size=shard_size(args.max_shard_size), export_dtype=args.export_dtype)
     print(f"wrote {out}")
     return 0
-
-
-def shard_size(text: str) -> int:
-    """--max_shard_size in bytes (transformers' notation); a usage error when it is not one."""
-    try:
-        size = convert_file_size_to_int(text.strip())
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise UsageError(f"--max_shard_size: '{text}' is not a size such as 5GB, 500MB or 2GiB")
-    return size
 
 
 def _positional(argv: list[str] | None) -> list[str] | None:

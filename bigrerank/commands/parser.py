@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from transformers import HfArgumentParser
+from transformers.utils.hub import convert_file_size_to_int
 
 from ..errors import UsageError
 
@@ -65,3 +66,17 @@ class CommandParser(HfArgumentParser):
         if unknown:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         return tuple(parsed)
+
+
+EXPORT_DTYPES = ("fp32", "bf16", "fp16")  # --export_dtype of consolidate and train
+
+
+def shard_size(text: str) -> int:
+    """--max_shard_size in bytes (transformers' notation); a usage error when it is not one."""
+    try:
+        size = convert_file_size_to_int(text.strip())
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise UsageError(f"--max_shard_size: '{text}' is not a size such as 5GB, 500MB or 2GiB")
+    return size

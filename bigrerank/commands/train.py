@@ -21,7 +21,7 @@ from ..evaluation.metrics import parse_metrics
 from ..training.evaluation import eval_source
 from ..training.preemption import PREEMPTED_EXIT_CODE
 from ..training.trainer import train
-from .parser import CommandParser, at_least, check_packing_flags
+from .parser import EXPORT_DTYPES, CommandParser, at_least, check_packing_flags, shard_size
 
 LOSSES = ("lce", "distill", "bce")
 REPORT_TO = ("wandb", "none")
@@ -51,8 +51,14 @@ class ModelArguments:
     adapter_only: bool = field(default=False, metadata={
         "help": "LoRA: export the peft adapter (with a classifier's trained head; a yes_no adapter, for "
                 "AutoModelForCausalLM, has none) instead of the merged model."})
+    max_shard_size: str = field(default="5GB", metadata={
+        "help": "Largest safetensors file of the export, in transformers' notation (5GB, 500MB, 2GiB)."})
+    export_dtype: Optional[str] = field(default=None, metadata={
+        "help": "dtype of the exported weights, made from the fp32 masters (None: the dtype the run trains in).",
+        "choices": list(EXPORT_DTYPES)})
 
     def __post_init__(self):
+        shard_size(self.max_shard_size)
         at_least(self, ["head_init_std"], 0.0, inclusive=False)
         if self.lora_r < 0:
             raise UsageError(f"--lora_r: must be >= 0, got {self.lora_r}")

@@ -35,6 +35,7 @@ EVAL_SETTINGS = (*JUDGED_BY, "eval_steps", "per_device_eval_batch_size", "metric
                  "load_best_model_at_end")
 MAY_CHANGE = frozenset({"output_dir", "ds_config", "logging_steps", "save_steps", "save_total_limit", "report_to",
                         "run_name", "max_nonfinite_steps", "ddp_timeout", "prefetch_micro_batches",
+                        "max_shard_size", "export_dtype",
                         *EVAL_SETTINGS})
 TOPOLOGY = frozenset({"world_size", "zero_stage", "per_device_train_batch_size", "gradient_accumulation_steps"})
 NOT_COMPARED = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "local_rank",

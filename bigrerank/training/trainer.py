@@ -333,7 +333,8 @@ def train(model_args, data_args, args, on_reduced=None) -> TrainResult:
         if distributed.is_main():
             export = checkpoints.to_export(final)
             consolidate(export, Path(args.output_dir), keep_causal_lm=model_args.keep_causal_lm,
-                        adapter_only=model_args.adapter_only, verify=export != final)
+                        adapter_only=model_args.adapter_only, verify=export != final,
+                        max_shard_size=model_args.max_shard_size, export_dtype=model_args.export_dtype)
             if train_log is not None:
                 train_log.finish()
         distributed.barrier()
