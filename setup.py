@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         "gguf": ["gguf>=0.10"],  # a .gguf file as a model (bigrerank/gguf_file.py)
-        "test": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10"],
+        # sentence-transformers: exports are checked in its CrossEncoder too (its dependencies leave torch alone)
+        "test": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10", "sentence-transformers>=3"],
     },
     entry_points={"console_scripts": ["bigrerank=bigrerank.cli:main"]},
 )
