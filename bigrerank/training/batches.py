@@ -141,8 +141,3 @@ def draw_groups(source: MicroBatchSource, epoch: int, index: int) -> EncodedGrou
 def micro_batch(source: MicroBatchSource, encoded: EncodedGroups) -> MicroBatch:
     """The drawn groups chunked, collated and on the engine's device."""
     return assemble(encoded, source.encoder, source.shard, source.chunk_size, source.max_tokens).to(source.device)
-
-
-def next_micro_batch(source: MicroBatchSource, epoch: int, index: int) -> MicroBatch:
-    """Micro-step `index` of `epoch`, drawn and assembled on this thread (nanoGPT's `get_batch`)."""
-    return micro_batch(source, draw_groups(source, epoch, index))
