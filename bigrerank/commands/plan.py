@@ -22,7 +22,7 @@ from ..gguf_file import is_gguf
 from ..errors import InputError, UsageError
 from ..model import load_config
 from ..planning.estimate import Hardware
-from ..planning.planner import Planner, machine_memory, plan_json, render, suggested_command
+from ..planning.planner import Planner, machine_memory, plan_json, render, render_time, suggested_command
 from ..planning.sizes import parse_size
 from ..training.trainer import pair_encoding
 from .parser import CommandParser
@@ -113,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.redirect_stdout(sys.stderr if plan_args.json else sys.stdout):
         planner = Planner(model_args, data_args, args, hardware, ds_config.load(args.ds_config))
         plan, change, max_group = planner.verdict()
+        time = planner.time()
     hardware_flags = [f.name for f in dataclasses.fields(PlanArguments)]
     suggestion = suggested_command(argv, change, planner, drop=hardware_flags) if change is not None else None
     if plan_args.json:
-        print(json.dumps(plan_json(plan, suggestion, max_group)))
+        print(json.dumps(plan_json(plan, suggestion, max_group, time)))
     else:
         print(render(plan, hardware, suggestion, max_group))
+        print(render_time(time))
     return 0

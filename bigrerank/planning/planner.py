@@ -14,12 +14,13 @@ import logging
 import os
 from pathlib import Path
 
-from .. import ds_config
+from .. import ds_config, hardware
 from ..errors import InputError
 from ..model import load_config
 from . import advice
 from .estimate import Hardware, Plan, Setup, alive_pairs, estimate
 from .shape import model_shape
+from .time import MFU, matmul_rate, step_cost, time_estimate, total_steps
 from .sizes import format_size
 
 log = logging.getLogger("bigrerank.plan")
@@ -81,6 +82,22 @@ class Planner:
                       args.gradient_checkpointing, args.bf16 or args.fp16)
         return setup, {"ds_config": path}
 
+    def time(self) -> dict | None:
+        """The configuration's time (planning/time.py), or None where its device is not here to measure."""
+        import torch
+
+        args, setup = self.args, self.setup()[0]
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+        if self.hardware.gpus_per_node and not torch.cuda.is_available():
+            return None
+        rate = (hardware.matmul_gflops(dtype, size=8192, seconds=0.5, device="cuda") if self.hardware.gpus_per_node
+                else matmul_rate(dtype, self.hardware.ranks_per_node))
+        world = self.hardware.world
+        cost = step_cost(setup.shape, setup.max_len, setup.group_size, setup.per_device_batch,
+                         args.gradient_accumulation_steps, world, setup.collaborative, bool(setup.chunk_size),
+                         setup.checkpointing)
+        return time_estimate(cost, rate, total_steps(args, self.data_args.train_path, world), world)
+
     def plan(self, changes: dict | None = None) -> Plan:
         return estimate(self.setup(changes)[0], self.hardware)
 
@@ -120,10 +137,26 @@ def suggested_command(argv: list[str], changes: dict, planner: Planner, drop=())
     return " ".join(["bigrerank", "train", *out])
 
 
-def plan_json(plan: Plan, suggestion: str | None = None, max_group: int | None = None) -> dict:
+def plan_json(plan: Plan, suggestion: str | None = None, max_group: int | None = None,
+              time: dict | None = None) -> dict:
     verdict = {"per_rank": plan.per_rank, "per_node": plan.per_node, "budget": plan.budget, "fits": plan.fits,
                "margin": plan.margin}
-    return verdict if max_group is None else {**verdict, "suggestion": suggestion, "max_group_size": max_group}
+    if max_group is None:
+        return verdict
+    return {**verdict, "suggestion": suggestion, "max_group_size": max_group, "time": time}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def render_time(time: dict | None) -> str:
+    if time is None:
+        return "time: not estimated (the run's GPU is not here to measure)"
+    total = (f", {_duration(time['total_seconds'])} for the run" if time["total_seconds"] is not None
+             else " (give --max_steps or a --train_path file for the run's total)")
+    return (f"time: ~{time['step_seconds']:.1f} s a step, {time['tokens_per_second']:.0f} tokens/s{total} "
+            f"(a matmul measured here at {time['matmul_gflops']:.0f} GFLOP/s, {MFU:.0%} of it; pairs at --max_len)")
 
 
 def render(plan: Plan, hardware: Hardware, suggestion: str | None, max_group: int) -> str:

@@ -41,6 +41,7 @@ class ModelShape:
     lora_outputs_per_layer: int = 0  # LoRA: summed output width of the same projections
     lora_rank: int = 0
     lora_dropout: float = 0.0
+    matmul_params: int = 0           # the weights that multiply each token: every linear's but the LM head's
 
 
 def _build(config, head: heads.ScoreHead, model_args):
@@ -95,8 +96,16 @@ def model_shape(config, model_args=None, score_head: str = "classifier") -> Mode
         hidden_dropout=float(getattr(config, "hidden_dropout_prob", 0.0) or 0.0),
         attention_dropout=float(getattr(config, "attention_probs_dropout_prob", None)
                                 or getattr(config, "attention_dropout", 0.0) or 0.0),
-        checkpoint_bytes=_DTYPE_BYTES.get(dtype, 4), score_head=score_head,
+        checkpoint_bytes=_DTYPE_BYTES.get(dtype, 4), score_head=score_head, matmul_params=_matmul_params(model),
         **_lora_fields(model, model_args))
+
+
+def _matmul_params(model) -> int:
+    """Weights of the linear layers a token goes through; the LM head is left out (the yes_no head multiplies two of
+    its rows), embeddings are looked up, not multiplied."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, torch.nn.Linear) and m is not output and getattr(m, "weight", None) is not None)
 
 
 def _lora_fields(model, model_args) -> dict:
