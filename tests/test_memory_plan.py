@@ -252,7 +252,7 @@ def _plan_json(argv, capsys) -> dict:
 def test_json_keys_and_suggestion_fits_when_applied(tiny_dir, capsys):
     hardware = ["--gpus_per_node", "2", "--gpu_memory", "40MiB", "--host_memory", "1GiB"]
     result = _plan_json(_argv(tiny_dir, *hardware), capsys)
-    assert set(result) >= {"per_rank", "per_node", "budget", "fits", "suggestion", "max_group_size"}
+    assert set(result) >= {"per_rank", "per_node", "budget", "fits", "suggestion", "max_group_size", "time"}
     assert result["per_rank"]["total"] > result["budget"]["per_rank"] == 40 * 2 ** 20 and not result["fits"]
     suggestion = shlex.split(result["suggestion"])
     assert suggestion[:2] == ["bigrerank", "train"]
