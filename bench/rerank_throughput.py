@@ -1,8 +1,8 @@
 """Reranking throughput: bigrerank's scoring path vs sentence-transformers `CrossEncoder.predict`.
 
 Same model (MiniLM-L6 with a fresh 1-logit head), same candidates (BM25 top-K of SciFact dev queries), same
-max_len and batch size, fp32 and bf16 (bf16 only where computed natively, unless --dtypes asks), timed from text pairs to scores. Each system lives in its own process,
-set up as its user would run it: bigrerank as `bigrerank rerank` runs (freed host memory retained, see
+max_len and batch size, fp32 and bf16 (bf16 only where computed natively, unless --dtypes asks), timed from text
+pairs to scores. Each system lives in its own process, set up as its user would run it: bigrerank as `bigrerank rerank` runs (freed host memory retained, see
 bigrerank/host_memory.py), eager and with `--torch_compile`; sentence-transformers with glibc's
 defaults, plus a row with the same allocator setting as bigrerank, so the code's share of the gain is visible.
 Every system first scores all candidates once untimed (the compiled ones compile then); rounds are then

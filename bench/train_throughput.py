@@ -10,7 +10,8 @@ Model-FLOPs utilisation = common.model_flops (6 x non-embedding params + attenti
 pair length, per token) x tokens/s over a square-matmul peak measured in this run for each dtype.
 Targets: bigrerank / plain loop >= 0.9; bigrerank / sentence-transformers >= 1.2.
 
-    python bench/train_throughput.py [--steps 3] [--threads N] [--dtypes auto|fp32|fp32,bf16] [--st-dtypes fp32] [--skip-st]
+    python bench/train_throughput.py [--steps 3] [--threads N] [--dtypes auto|fp32|fp32,bf16] [--st-dtypes fp32]
+                                     [--skip-st]
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from .. import ds_config, hardware
+from .. import ds_config
 from ..errors import InputError
 from ..model import load_config
 from . import advice
@@ -90,8 +90,7 @@ class Planner:
         dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
         if self.hardware.gpus_per_node and not torch.cuda.is_available():
             return None
-        rate = (hardware.matmul_gflops(dtype, size=8192, seconds=0.5, device="cuda") if self.hardware.gpus_per_node
-                else matmul_rate(dtype, self.hardware.ranks_per_node))
+        rate = matmul_rate(dtype, self.hardware.ranks_per_node, on_gpu=bool(self.hardware.gpus_per_node))
         world = self.hardware.world
         cost = step_cost(setup.shape, setup.max_len, setup.group_size, setup.per_device_batch,
                          args.gradient_accumulation_steps, world, setup.collaborative, bool(setup.chunk_size),

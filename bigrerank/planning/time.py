@@ -41,8 +41,11 @@ def step_cost(shape: ModelShape, max_len: int, group_size: int, per_device_batch
     return StepCost(pairs, pairs * max_len, (forwards * forward + backward) * pairs * max_len)
 
 
-def matmul_rate(precision: torch.dtype, ranks_per_node: int) -> float:
-    """GFLOP/s of a square matmul on this CPU with the threads one of `ranks_per_node` ranks gets."""
+def matmul_rate(precision: torch.dtype, ranks_per_node: int, on_gpu: bool) -> float:
+    """GFLOP/s of a square matmul: on this machine's GPU, or on its CPU with the threads one of `ranks_per_node`
+    ranks gets."""
+    if on_gpu:
+        return hardware.matmul_gflops(precision, size=8192, seconds=RATE_PROBE["seconds"], device="cuda")
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1) // ranks_per_node)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 class Prefetcher:
     def __init__(self, produce: Callable, positions: Iterable[tuple], depth: int):
-        self.produce, self.depth, self.wait_s = produce, depth, 0.0
+        self.produce, self.wait_s = produce, 0.0
         self._positions = iter(positions)
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
