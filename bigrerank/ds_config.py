@@ -14,6 +14,13 @@ import torch
 
 from .errors import InputError
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # a precision's name -> its dtype
+
+
+def training_dtype(bf16: bool, fp16: bool) -> torch.dtype:
+    """The dtype a run trains its weights in, from its --bf16/--fp16 flags."""
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
 # shipped as package data; the repository's ds_configs links here
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 

@@ -20,14 +20,14 @@ import torch
 
 from transformers.utils.hub import convert_file_size_to_int
 
-from .. import heads, lora
+from .. import ds_config, heads, lora
 from ..atomic import apply_umask, temp_dir_beside
 from ..host_memory import return_freed_memory
 from ..contract import ScoringContract
 from ..errors import InputError
 from ..model import load_config, load_tokenizer
 from .store import MANIFEST, damaged, incomplete_reason, is_save_dir, latest
-from .streaming import EXPORT_DTYPES, Lazy, checkpoint_weights, export_names, merged_lora, write_safetensors
+from .streaming import Lazy, checkpoint_weights, export_names, merged_lora, write_safetensors
 
 TRAINING_INFO = "bigrerank_training.json"
 EXPORTED_FILES = "exported_files"  # the key of TRAINING_INFO listing the export's files
@@ -174,7 +174,7 @@ def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: boo
     if keep_causal_lm:
         (contract or ScoringContract(heads.CLASSIFIER.name, None)).check_keep_causal_lm(root / tag)
     weights = checkpoint_weights(root, tag)
-    dtype = EXPORT_DTYPES[export_dtype] if export_dtype else trained_dtype(info)
+    dtype = ds_config.DTYPES[export_dtype] if export_dtype else trained_dtype(info)
     if adapter_only:
         adapter = {name: lazy() for name, lazy in weights.items() if lora.is_adapter_weight(name)}
         return write_adapter_dir(lora.trained_peft_model(config, hf_dir, adapter, base=False), tokenizer, out_dir,
@@ -193,7 +193,7 @@ def consolidate(checkpoint, out_dir, tag: str | None = None, keep_causal_lm: boo
 def trained_dtype(info: dict) -> torch.dtype:
     """The dtype the run trained its weights in (its TRAINING_INFO's bf16/fp16 flags), as `save_pretrained` keeps
     a model's dtype."""
-    return torch.bfloat16 if info.get("bf16") else torch.float16 if info.get("fp16") else torch.float32
+    return ds_config.training_dtype(info.get("bf16"), info.get("fp16"))
 
 
 def is_export(directory: Path) -> bool:

@@ -14,6 +14,7 @@ import sys
 from transformers import HfArgumentParser
 from transformers.utils.hub import convert_file_size_to_int
 
+from ..ds_config import DTYPES
 from ..errors import UsageError
 
 
@@ -68,7 +69,7 @@ class CommandParser(HfArgumentParser):
         return tuple(parsed)
 
 
-EXPORT_DTYPES = ("fp32", "bf16", "fp16")  # --export_dtype of consolidate and train
+EXPORT_DTYPES = tuple(DTYPES)  # --export_dtype of consolidate and train
 
 
 def shard_size(text: str) -> int:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import BatchEncoding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .. import heads
+from .. import ds_config, heads
 from ..contract import ScoringContract, make_encoder, resolve_contract
 from ..data.packing import LAYOUT_KEYS, row_length
 from ..data.pairs import PairEncoder
@@ -30,7 +30,7 @@ from ..sharded_scoring import Pair, score_sharded
 from .checked_compile import CheckedCompile
 from .first_token import FirstTokenScorer, unsupported
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ds_config.DTYPES
 DEFAULT_MAX_LEN = 512
 FIRST_TOKEN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 

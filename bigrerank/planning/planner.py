@@ -87,7 +87,7 @@ class Planner:
         import torch
 
         args, setup = self.args, self.setup()[0]
-        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+        dtype = ds_config.training_dtype(args.bf16, args.fp16)
         if self.hardware.gpus_per_node and not torch.cuda.is_available():
             return None
         rate = matmul_rate(dtype, self.hardware.ranks_per_node, on_gpu=bool(self.hardware.gpus_per_node))

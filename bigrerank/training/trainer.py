@@ -63,7 +63,7 @@ def loading_dtype(model_args, args) -> dict:
     copy; other models load as saved and the engine casts them."""
     if not is_gguf(model_args.model_name_or_path):
         return {}
-    return {"dtype": torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32}
+    return {"dtype": ds_config.training_dtype(args.bf16, args.fp16)}
 
 
 def build_engine(model_args, model_config, args, world: int, total_steps: int, raw_config: dict, contract=None,
